@@ -1,0 +1,1 @@
+"""memory_tracer: record every guest memory access QEMU executes, and feed it to an analysis tool."""

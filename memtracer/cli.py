@@ -1,0 +1,244 @@
+"""memory_tracer.py's command line: the original interface (interface.md), plus user mode."""
+import argparse
+import logging
+import os
+import shlex
+import signal
+import sys
+import traceback
+from contextlib import contextmanager
+
+from .errors import BadInputError, Interrupted, MemoryTracerError
+from .host_run import HostRun, RunRequest
+from .layout import DEFAULT_QEMU_DIR, QemuDir
+from .report import format_report
+from .trace_fifo import is_fifo
+from .trace_settings import TraceSettings
+
+EXIT_ERROR = 1
+EXIT_WORKLOAD_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+Run a workload on the QEMU guest while writing optimized GMBE trace records to a FIFO.
+
+(memory_tracer.py assumes you have already run build.py successfully.)
+
+GMBE is short for guest_mem_before_exec: every memory access the guest makes. QEMU_with_GMBEOO
+is upstream QEMU (>= 10) with the GMBEOO TCG plugin, which writes one trace record per access:
+
+struct GMBEOO_TraceRecord {
+    uint8_t size_shift : 3; /* interpreted as "1 << size_shift" bytes */
+    bool    sign_extend: 1; /* whether it is a sign-extended operation */
+    uint8_t endianness : 1; /* 0: little, 1: big */
+    bool    store      : 1; /* whether it is a store operation */
+    uint8_t cpl        : 2;
+    uint16_t vcpu_index;    /* zero in the original; tools may ignore bytes 1-7 */
+    uint64_t unused2   : 40;
+    uint64_t virt_addr : 64;
+};
+
+memory_tracer.py also prints the workload info (in case it isn't the empty string), and the
+tracing duration in milliseconds. In case --analysis_tool_path is specified, memory_tracer.py also
+prints the output of the analysis tool.
+
+If --analysis_tool_path is specified, the provided analysis tool must do the following:
+1. Receive in argv[1] the path of the trace FIFO, but not open it for reading yet.
+2. Register a handler for the signal SIGUSR1. The handler must:
+    a. Print "-----begin analysis output-----".
+    b. Print the output of the analysis tool.
+    c. Print "-----end analysis output-----".
+3. Print "Ready to analyze" when you wish the tracing to start.
+4. Open the trace FIFO for read, and read trace records from it as fast as possible.
+SIGUSR1 is sent after the workload is done and every record has been written to the FIFO.
+
+With --user_mode, the workload runs under qemu-x86_64 (with the GMBEOO plugin) on this host: no
+guest image is needed and the positional arguments may be left out."""
+
+TIMEOUT_HELP = ("If specified, the workload would be stopped when the specified timeout elapses "
+                "(the records up to that moment are delivered).")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="memory_tracer.py", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("guest_image_path", nargs="?",
+                        help="The path of the qcow2 file which is the image of the guest.")
+    parser.add_argument("snapshot_name", nargs="?",
+                        help="The name of the snapshot saved by the monitor command `savevm`, which "
+                             "was specially constructed for running a workload with GMBE tracing.")
+    parser.add_argument("qemu_with_GMBEOO_path", nargs="?",
+                        help="The path of qemu_with_GMBEOO (the directory build.py lays out).")
+
+    workload = parser.add_mutually_exclusive_group(required=True)
+    workload.add_argument("--workload_path_on_guest", help="The path of the workload on the guest.")
+    workload.add_argument("--workload_path_on_host",
+                          help="The path of the workload on the host. The file in that path would be "
+                               "sent to the guest to run as the workload (in --user_mode, run under "
+                               "qemu-x86_64).")
+
+    consumer = parser.add_mutually_exclusive_group(required=True)
+    consumer.add_argument("--analysis_tool_path",
+                          help="Path of an analysis tool that would start executing before the tracing starts.")
+    consumer.add_argument("--trace_fifo_path",
+                          help="Path of the FIFO into which trace records will be written. Its buffer "
+                               "is raised to /proc/sys/fs/pipe-max-size while the run holds it open.")
+    consumer.add_argument("--dont_trace", action="store_true",
+                          help="Run without tracing, to compare the speed of QEMU with and without tracing.")
+    consumer.add_argument("--dont_use_qemu", action="store_true",
+                          help="Run the workload natively on the host (a copy of it, in a temporary "
+                               "directory). Pass dummy strings as the positional arguments.")
+
+    parser.add_argument("--trace_only_CPL3_code_GMBE", action="store_true",
+                        help="If specified, only memory accesses by CPL3 code are traced; code that "
+                             "runs at CPL < 3 is not instrumented at all.")
+    parser.add_argument("--log_of_GMBE_block_len", type=int, default=0,
+                        help="Log of the length of a GMBE_block, i.e. the number of GMBE events in a "
+                             "GMBE_block. (It is used when determining whether to trace a GMBE event.)")
+    parser.add_argument("--log_of_GMBE_tracing_ratio", type=int, default=0,
+                        help="Log of the ratio between the number of blocks of GMBE events we trace to "
+                             "the total number of blocks. E.g. if GMBE_tracing_ratio is 16, we trace 1 "
+                             "block, then skip 15 blocks, then trace 1, then skip 15, and so on...")
+
+    ending = parser.add_mutually_exclusive_group()
+    ending.add_argument("--timeout", type=float, help=TIMEOUT_HELP)
+    ending.add_argument("--dont_add_communications_with_host_to_workload", action="store_true",
+                        help="If specified, the workload is not wrapped: it must itself print "
+                             "\"-----begin workload info-----\", its info, \"-----end workload info-----\", "
+                             "\"Ready to trace. Press enter to continue\", wait for Enter, run the code "
+                             "to trace, and print \"Stop tracing\".")
+
+    parser.add_argument("--print_trace_info", action="store_true",
+                        help="If specified, memory_tracer.py also prints the counters of the trace: "
+                             "num_of_GMBE_events_since_enabling_GMBEOO, num_of_events_written_to_trace_buf, "
+                             "actual_tracing_ratio, and (only when not 0) num_of_events_waiting_in_trace_buf, "
+                             "num_of_missing_events and num_of_dropped_events.")
+    parser.add_argument("--dont_exit_qemu_when_done", action="store_true",
+                        help="If specified, QEMU isn't terminated after running the workload (system mode).")
+    parser.add_argument("--dont_use_nographic", action="store_true",
+                        help="Start QEMU with its monitor on stdio instead of -nographic (system mode).")
+    parser.add_argument("--guest_RAM_in_MBs", type=int, default=2560,
+                        help="The guest's RAM size; must equal the RAM size the snapshot was saved with.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="If specified, debug messages are printed.")
+
+    extensions = parser.add_argument_group("extensions")
+    extensions.add_argument("--user_mode", action="store_true",
+                            help="Run the workload (an x86_64 Linux program on this host) under "
+                                 "qemu-x86_64 with GMBEOO; no guest image is needed.")
+    extensions.add_argument("--workload_args", default="",
+                            help="Arguments for the workload, as one shell-quoted string.")
+    extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
+                            help="Drop (and count) records when the reader is slower than the guest, "
+                                 "instead of making the guest wait (the default is lossless).")
+    return parser
+
+
+def _require(kind, name, value):
+    checks = {"file": os.path.isfile, "dir": os.path.isdir, "fifo": is_fifo}
+    if not checks[kind](value):
+        raise BadInputError(f"{name} must be a {kind} path, but {value} isn't.")
+
+
+def validate(parser, args):
+    """Check everything before anything starts; returns (RunRequest, QemuDir or None)."""
+    native = args.dont_use_qemu
+    if not args.user_mode and not native:
+        missing = [n for n in ("guest_image_path", "snapshot_name", "qemu_with_GMBEOO_path")
+                   if getattr(args, n) is None]
+        if missing:
+            parser.error("the following arguments are required: " + ", ".join(missing))
+    if args.workload_path_on_host is not None:
+        _require("file", "workload_path_on_host", args.workload_path_on_host)
+    if not args.user_mode and not native:
+        _require("file", "guest_image_path", args.guest_image_path)
+        _require("dir", "qemu_with_GMBEOO_path", args.qemu_with_GMBEOO_path)
+    if args.analysis_tool_path is not None:
+        _require("file", "analysis_tool_path", args.analysis_tool_path)
+    if args.trace_fifo_path is not None:
+        _require("fifo", "trace_fifo_path", args.trace_fifo_path)
+    settings = TraceSettings(args.trace_only_CPL3_code_GMBE, args.log_of_GMBE_block_len,
+                             args.log_of_GMBE_tracing_ratio, args.drop_when_trace_fifo_full).validate()
+    if args.timeout is not None and not args.timeout > 0:
+        raise BadInputError(f"timeout must be a positive number of seconds, but {args.timeout:g} isn't.")
+
+    if not args.user_mode and not native:
+        raise BadInputError("full-system tracing (a guest image) is not available yet; "
+                            "use --user_mode to trace a program on this host.")
+    if args.workload_path_on_host is None:
+        raise BadInputError("--workload_path_on_guest needs a guest image; in --user_mode and with "
+                            "--dont_use_qemu, pass the program with --workload_path_on_host.")
+    for flag in ("dont_exit_qemu_when_done", "dont_use_nographic"):
+        if getattr(args, flag):
+            raise BadInputError(f"--{flag} applies to full-system runs only, not to --user_mode.")
+    workload = os.path.abspath(args.workload_path_on_host)
+    if not os.access(workload, os.X_OK):
+        raise BadInputError(f"workload_path_on_host must be an executable file, but "
+                            f"{args.workload_path_on_host} isn't executable.")
+    try:
+        workload_args = shlex.split(args.workload_args)
+    except ValueError as exc:
+        raise BadInputError(f"workload_args must be a shell-quoted string, but {args.workload_args!r} "
+                            f"isn't ({exc}).") from None
+    qemu_dir = None
+    if not native:
+        qemu_dir = QemuDir(args.qemu_with_GMBEOO_path or DEFAULT_QEMU_DIR).require("qemu_user")
+    request = RunRequest(
+        workload_argv=[workload, *workload_args],
+        follow_protocol=args.dont_add_communications_with_host_to_workload,
+        timeout=args.timeout,
+        analysis_tool_path=args.analysis_tool_path and os.path.abspath(args.analysis_tool_path),
+        trace_fifo_path=args.trace_fifo_path and os.path.abspath(args.trace_fifo_path),
+        traced=not (args.dont_trace or native),
+        native=native,
+        settings=settings,
+        verbose=args.verbose,
+    )
+    return request, qemu_dir
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so every cleanup runs."""
+    def raise_interrupted(signum, frame):
+        raise Interrupted(f"memory_tracer.py: stopped by {signal.Signals(signum).name}.")
+    previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="memory_tracer: %(message)s", stream=sys.stderr)
+    try:
+        with sigterm_as_interrupt():
+            request, qemu_dir = validate(parser, args)
+            result = HostRun(request, qemu_dir).run()
+    except KeyboardInterrupt:
+        print("memory_tracer.py: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryTracerError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: still one line, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    sys.stdout.write(format_report(result, args.print_trace_info))
+    sys.stdout.flush()
+    for note in result.notes:
+        print(f"memory_tracer.py: {note}", file=sys.stderr)
+    if result.workload_problem:
+        print(f"memory_tracer.py: {result.workload_problem}", file=sys.stderr)
+        return EXIT_WORKLOAD_FAILED
+    return 0

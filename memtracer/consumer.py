@@ -1,0 +1,64 @@
+"""Who reads the trace: an analysis tool we start, or a reader the user runs on their own FIFO."""
+import logging
+import sys
+
+from .analysis_tool import AnalysisTool
+from .trace_fifo import TraceFifo
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 60      # starting a tool (it may load large inputs first)
+OPEN_FIFO_TIMEOUT_SECONDS = 30  # from `Ready to analyze` (or the start) to opening the FIFO
+DRAIN_TIMEOUT_SECONDS = 600     # a slow reader finishing the last pipe-full
+OUTPUT_TIMEOUT_SECONDS = 120    # from SIGUSR1 to the end marker
+
+
+class ToolConsumer:
+    """An analysis tool (--analysis_tool_path) reading the FIFO memory_tracer made."""
+
+    def __init__(self, tool_path, private_dir, verbose):
+        self.tool_path = tool_path
+        self.fifo = TraceFifo.create(private_dir)
+        self.verbose = verbose
+        self.tool = None
+
+    def start(self, info_words):
+        self.tool = AnalysisTool(self.tool_path, self.fifo.path, info_words,
+                                 echo_to=sys.stderr if self.verbose else None)
+        self.tool.start(READY_TIMEOUT_SECONDS)
+        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, self.tool.is_alive, "the analysis tool")
+        log.debug("trace FIFO %s open, pipe size %d", self.fifo.path, self.fifo.pipe_size())
+
+    def check(self):
+        """Raise if the tool died: the trace would have nowhere to go."""
+        self.tool.check_alive()
+
+    def finish(self):
+        """After every record is in the FIFO: wait until the tool read them, then ask for its output."""
+        self.fifo.wait_until_drained(self.tool.is_alive, DRAIN_TIMEOUT_SECONDS, "the analysis tool")
+        return self.tool.collect_output(OUTPUT_TIMEOUT_SECONDS)
+
+    def close(self):
+        if self.tool is not None:
+            self.tool.stop()
+        self.fifo.close()
+
+
+class UserFifoConsumer:
+    """A reader the user runs on their own FIFO (--trace_fifo_path)."""
+
+    def __init__(self, fifo_path):
+        self.fifo = TraceFifo.given_by_user(fifo_path)
+
+    def start(self, info_words):
+        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, reader_name="the reader of trace_fifo_path")
+
+    def check(self):
+        pass
+
+    def finish(self):
+        self.fifo.wait_until_drained(lambda: True, DRAIN_TIMEOUT_SECONDS, "the reader of trace_fifo_path")
+        return None
+
+    def close(self):
+        self.fifo.close()

@@ -1,0 +1,216 @@
+"""A run of a workload as a process on this host: under the plugin-enabled qemu-x86_64 (user mode,
+traced or not) or natively (--dont_use_qemu). Both follow the same two flows:
+
+- wrapped (the default): the whole program is the trace window, from its start to its exit;
+- protocol (--dont_add_communications_with_host_to_workload): the window is what the workload
+  marks, from our Enter to its `Stop tracing`.
+"""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import pexpect
+
+from .consumer import ToolConsumer, UserFifoConsumer
+from .errors import QemuError
+from .plugin_control import ControlChannel, parse_counters
+from .trace_settings import TraceSettings
+from .workload import ProtocolSession, describe_exit_status
+
+log = logging.getLogger(__name__)
+
+CONTROL_CONNECT_TIMEOUT_SECONDS = 30
+FINISH_GRACE_SECONDS = 10   # after `Stop tracing`, for the workload to exit by itself
+
+
+@dataclass
+class RunRequest:
+    workload_argv: list
+    follow_protocol: bool = False
+    timeout: float = None
+    analysis_tool_path: str = None
+    trace_fifo_path: str = None
+    traced: bool = True
+    native: bool = False
+    settings: TraceSettings = field(default_factory=TraceSettings)
+    verbose: bool = False
+
+
+@dataclass
+class RunResult:
+    workload_info: str = ""
+    duration_ms: int = 0
+    analysis_output: str = None
+    counters: dict = None
+    workload_problem: str = None   # a crash or non-zero exit, reported after the results
+    notes: list = field(default_factory=list)
+
+
+class HostRun:
+    def __init__(self, request, qemu_dir=None):
+        self.request = request
+        self.qemu_dir = qemu_dir
+        self.result = RunResult()
+        self.private_dir = None
+        self.consumer = None
+        self.control = None
+
+    # ------------------------------------------------------------------ setup
+
+    def run(self):
+        with ExitStack() as cleanup:
+            self.private_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
+            self.consumer = self._make_consumer()
+            if self.consumer is not None:
+                cleanup.callback(self.consumer.close)
+            if self.request.follow_protocol:
+                self._run_protocol(cleanup)
+            else:
+                self._run_wrapped(cleanup)
+        return self.result
+
+    def _make_consumer(self):
+        if not self.request.traced:
+            return None
+        if self.request.analysis_tool_path:
+            return ToolConsumer(self.request.analysis_tool_path, self.private_dir, self.request.verbose)
+        return UserFifoConsumer(self.request.trace_fifo_path)
+
+    def _path(self, name):
+        return os.path.join(self.private_dir, name)
+
+    def _command(self, enabled_from_start):
+        """The command line that runs the workload: natively, or under qemu-x86_64 (+ GMBEOO)."""
+        argv = list(self.request.workload_argv)
+        if self.request.native:
+            # As the original: run a copy, in a private directory.
+            copy = self._path(os.path.basename(argv[0]))
+            shutil.copy2(argv[0], copy)
+            return [copy] + argv[1:]
+        command = [str(self.qemu_dir.qemu_user)]
+        if self.request.traced:
+            plugin_args = [
+                str(self.qemu_dir.plugin),
+                f"trace_fifo_path={self.consumer.fifo.path}",
+                f"control_socket_path={self._path('control.sock')}",
+                f"counters_path={self._path('counters')}",
+                f"enabled={'on' if enabled_from_start else 'off'}",
+                *self.request.settings.plugin_args(),
+            ]
+            command += ["-plugin", ",".join(plugin_args)]
+        return command + argv
+
+    def _connect_control(self, qemu_alive):
+        self.control = ControlChannel(self._path("control.sock"))
+        self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, qemu_alive)
+        return self.control
+
+    # ------------------------------------------------------------------ wrapped flow
+
+    def _run_wrapped(self, cleanup):
+        if self.consumer is not None:
+            self.consumer.start(info_words=[])
+        command = self._command(enabled_from_start=True)
+        log.debug("workload command: %s", " ".join(command))
+        output_path = self._path("workload.out")
+        with open(output_path, "wb") as output:
+            start = time.monotonic()
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
+                                       stderr=subprocess.STDOUT, cwd=self.private_dir
+                                       if self.request.native else None)
+            cleanup.callback(_kill, process)
+            timed_out = self._wait_for_exit(process)
+            self.result.duration_ms = int((time.monotonic() - start) * 1000)
+        workload_output = open(output_path, errors="replace").read()
+        if self.request.verbose and workload_output:
+            sys.stderr.write(workload_output)
+        if self.request.traced:
+            self.result.counters = self._final_counters(command, process, workload_output)
+            self.result.analysis_output = self.consumer.finish()
+        if timed_out:
+            self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
+        elif process.returncode != 0:
+            self.result.workload_problem = _exit_problem(process.returncode)
+
+    def _wait_for_exit(self, process):
+        """Wait for the workload; at --timeout, end the trace window and the workload. Returns timed_out."""
+        deadline = None if self.request.timeout is None else time.monotonic() + self.request.timeout
+        while True:
+            try:
+                process.wait(timeout=0.05)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            if self.consumer is not None:
+                self.consumer.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                if self.request.traced:
+                    control = self._connect_control(lambda: process.poll() is None)
+                    control.disable()
+                    control.flush(self.consumer.check)
+                    self.result.counters = control.counters()
+                process.kill()
+                process.wait()
+                return True
+
+    def _final_counters(self, command, process, workload_output):
+        if self.result.counters is not None:
+            return self.result.counters   # taken at the timeout
+        try:
+            with open(self._path("counters")) as f:
+                return parse_counters(f.read())
+        except FileNotFoundError:
+            raise QemuError("qemu-x86_64 ended before the GMBEOO plugin finished", command,
+                            process.returncode, workload_output) from None
+
+    # ------------------------------------------------------------------ protocol flow
+
+    def _run_protocol(self, cleanup):
+        command = self._command(enabled_from_start=False)
+        log.debug("workload command: %s", " ".join(command))
+        child = pexpect.spawn(command[0], command[1:], echo=False, encoding="utf-8",
+                              codec_errors="replace", timeout=None,
+                              cwd=self.private_dir if self.request.native else None)
+        child.logfile_read = sys.stderr if self.request.verbose else None
+        cleanup.callback(child.close, force=True)
+        if self.request.traced:
+            cleanup.callback(self._close_control)
+            self._connect_control(child.isalive)
+        session = ProtocolSession(child)
+        self.result.workload_info = session.read_info()
+        if self.consumer is not None:
+            self.consumer.start(info_words=self.result.workload_info.split())
+            self.control.enable(self.consumer.check)
+        start = time.monotonic()
+        session.release()
+        session.wait_for_stop()
+        self.result.duration_ms = int((time.monotonic() - start) * 1000)
+        if self.request.traced:
+            self.control.disable()
+            self.control.flush(self.consumer.check)
+            self.result.counters = self.control.counters()
+            self.result.analysis_output = self.consumer.finish()
+        session.finish(FINISH_GRACE_SECONDS)
+
+    def _close_control(self):
+        if self.control is not None:
+            self.control.close()
+
+
+def _kill(process):
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _exit_problem(returncode):
+    if returncode < 0:
+        return f"the workload was {describe_exit_status(None, -returncode)}."
+    return f"the workload exited with code {returncode}."
+

@@ -1,0 +1,39 @@
+"""Where build.py puts things, and the qemu_with_GMBEOO directory memory_tracer.py points at."""
+import json
+from pathlib import Path
+
+from .errors import BadInputError
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+BUILD_DIR = REPO_DIR / "build"
+DEFAULT_QEMU_DIR = BUILD_DIR / "qemu_with_GMBEOO"
+ANALYSIS_TOOLS_DIR = BUILD_DIR / "analysis_tools"
+GUEST_PROGRAMS_DIR = BUILD_DIR / "guest_programs"
+
+
+class QemuDir:
+    """The directory laid out by build.py: QEMU binaries, the GMBEOO plugin, a version file."""
+
+    def __init__(self, path):
+        self.path = Path(path).resolve()
+
+    qemu_system = property(lambda self: self.path / "qemu-system-x86_64")
+    qemu_user = property(lambda self: self.path / "qemu-x86_64")
+    qemu_img = property(lambda self: self.path / "qemu-img")
+    plugin = property(lambda self: self.path / "libgmbeoo.so")
+    version_file = property(lambda self: self.path / "VERSION.json")
+
+    def require(self, *binaries):
+        """Raise a clear error unless the named parts were built."""
+        for name in binaries + ("plugin",):
+            part = getattr(self, name)
+            if not part.exists():
+                raise BadInputError(f"{part} is missing; run `python3 build.py` first "
+                                    f"(qemu_with_GMBEOO_path is {self.path}).")
+        return self
+
+    def versions(self):
+        try:
+            return json.loads(self.version_file.read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,32 @@
+"""Standard output of a run: only the sections of interface.md, in its order, each when it applies."""
+
+ATTENTION_COUNTERS = ("num_of_events_waiting_in_trace_buf", "num_of_missing_events", "num_of_dropped_events")
+
+
+def trace_info_lines(counters):
+    events = counters["num_of_GMBE_events_since_enabling_GMBEOO"]
+    written = counters["num_of_events_written_to_trace_buf"]
+    lines = [f"num_of_GMBE_events_since_enabling_GMBEOO: {events}",
+             f"num_of_events_written_to_trace_buf: {written}"]
+    if written:
+        lines.append("actual_tracing_ratio (i.e. num_of_GMBE_events_since_enabling_GMBEOO / "
+                     f"num_of_events_written_to_trace_buf): {events // written}")
+    derived = dict(counters)
+    derived["num_of_missing_events"] = (written - counters["num_of_events_written_to_trace_file"]
+                                        - counters["num_of_events_waiting_in_trace_buf"])
+    for name in ATTENTION_COUNTERS:
+        if derived[name]:
+            lines.append(f"ATTENTION: {name}: {derived[name]}")
+    return lines
+
+
+def format_report(result, print_trace_info):
+    sections = []
+    if result.workload_info:
+        sections += ["workload info:", result.workload_info]
+    sections.append(f"tracing_duration_in_milliseconds: {result.duration_ms}")
+    if result.analysis_output is not None:
+        sections += ["analysis output:", result.analysis_output]
+    if print_trace_info and result.counters is not None:
+        sections += ["trace info:", *trace_info_lines(result.counters)]
+    return "\n".join(sections) + "\n"
