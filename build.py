@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Set up this machine for memory_tracer and build every part; `--run_tests` then runs the tests."""
+import argparse
+import sys
+
+from memtracer.errors import MemoryTracerError
+from memtracer.machine_setup import build_everything, run_tests
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="build.py", description=__doc__)
+    parser.add_argument("--run_tests", action="store_true", help="Run the test suite after building.")
+    parser.add_argument("pytest_args", nargs="*", help="Extra arguments for pytest (after --).")
+    args = parser.parse_args()
+    try:
+        build_everything()
+    except MemoryTracerError as exc:
+        print(f"build.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("build.py: interrupted.", file=sys.stderr)
+        return 130
+    return run_tests(args.pytest_args) if args.run_tests else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""What build.py does: set up a fresh Debian 12 machine and build every part, from lists.
+
+Every step checks first and does nothing when its result is already there, so a second run is quick.
+"""
+import configparser
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .errors import BuildError
+from .layout import ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_QEMU_DIR, GUEST_PROGRAMS_DIR, REPO_DIR
+
+MIN_QEMU_MAJOR = 10
+
+APT_SOURCES_FILE = Path("/etc/apt/sources.list.d/memory-tracer.sources")
+# bookworm-backports has QEMU 10; its source package gives the matching plugin header and the
+# source of qemu-x86_64 (Debian's is static and cannot load plugins). trixie's source is the
+# fallback for when the exact version's tarball is gone.
+APT_SOURCES = """\
+Types: deb deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
+BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
+                  "xz-utils", "dpkg-dev"]
+
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+
+# (output name, source, extra flags): what build.py compiles.
+PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
+ANALYSIS_TOOLS = [("count", "analysis_tools/count.c")]
+GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
+                  for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]
+
+QEMU_SOURCE_DIR = BUILD_DIR / "qemu-src"
+QEMU_USER_BUILD_DIR = BUILD_DIR / "qemu-user-build"
+QEMU_USER_CONFIGURE = ["--target-list=x86_64-linux-user", "--enable-plugins", "--disable-docs",
+                       "--disable-tools", "--disable-werror", "--disable-download", "--disable-rust",
+                       "--disable-install-blobs"]
+
+
+def step(message):
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def run(command, **kwargs):
+    """Run a command; on failure raise BuildError with its last lines of output."""
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", **kwargs)
+    if result.returncode != 0:
+        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
+        raise BuildError(f"`{' '.join(map(str, command))}` failed (exit code {result.returncode}):\n{tail}")
+    return result.stdout
+
+
+# ----------------------------------------------------------------- Debian packages
+
+def dpkg_version(package):
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    status, _, version = result.stdout.partition("|")
+    return version if result.returncode == 0 and status.endswith(" installed") else None
+
+
+def upstream_major(debian_version):
+    match = re.match(r"(?:\d+:)?(\d+)\.", debian_version or "")
+    return int(match.group(1)) if match else 0
+
+
+def missing_packages():
+    missing = [p for p in BUILD_PACKAGES if dpkg_version(p) is None]
+    missing += [p for p in BACKPORTS_PACKAGES if upstream_major(dpkg_version(p)) < MIN_QEMU_MAJOR]
+    return missing
+
+
+def root_commands():
+    return [
+        f"cat > {APT_SOURCES_FILE} <<'EOF'\n{APT_SOURCES}EOF",
+        "apt-get update",
+        "apt-get install -y -t bookworm-backports " + " ".join(BACKPORTS_PACKAGES),
+        "apt-get install -y " + " ".join(BUILD_PACKAGES),
+    ]
+
+
+def install_debian_packages():
+    missing = missing_packages()
+    sources_ready = APT_SOURCES_FILE.exists() and APT_SOURCES_FILE.read_text() == APT_SOURCES
+    if not missing and sources_ready:
+        step("Debian packages: already installed")
+        return
+    if os.geteuid() != 0:
+        raise BuildError("build.py needs root to install Debian packages (" + " ".join(missing or ["deb-src"])
+                         + "). Run it as root, or run these as root first:\n" + "\n".join(root_commands()))
+    step("Debian packages: adding bookworm-backports and the deb-src entries")
+    APT_SOURCES_FILE.write_text(APT_SOURCES)
+    run(["apt-get", "update", "-q"])
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    step("Debian packages: installing " + " ".join(BACKPORTS_PACKAGES + BUILD_PACKAGES))
+    run(["apt-get", "install", "-y", "-q", "-t", "bookworm-backports", *BACKPORTS_PACKAGES], env=env)
+    run(["apt-get", "install", "-y", "-q", *BUILD_PACKAGES], env=env)
+
+
+def check_qemu_version():
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise BuildError("qemu-system-x86_64 is not installed (package qemu-system-x86 from bookworm-backports).")
+    first_line = run([qemu, "--version"]).splitlines()[0]
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", first_line)
+    if not match or int(match.group(1)) < MIN_QEMU_MAJOR:
+        raise BuildError(f"QEMU >= {MIN_QEMU_MAJOR} is needed, but {qemu} is {first_line!r}; "
+                         "install qemu-system-x86 from bookworm-backports.")
+    return ".".join(match.groups())
+
+
+# ----------------------------------------------------------------- Python packages
+
+def requirements(extras=("build", "test")):
+    config = configparser.ConfigParser()
+    config.read(REPO_DIR / "setup.cfg")
+    lines = config["options"]["install_requires"].strip().splitlines()
+    for extra in extras:
+        lines += config["options.extras_require"][extra].strip().splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def install_python_packages():
+    wanted = requirements()
+    unmet = []
+    for requirement in wanted:
+        name, _, version = requirement.partition("==")
+        try:
+            if metadata.version(name) != version:
+                unmet.append(requirement)
+        except metadata.PackageNotFoundError:
+            unmet.append(requirement)
+    if not unmet:
+        step("Python packages: already installed")
+        return
+    step("Python packages: installing " + " ".join(unmet))
+    run([sys.executable, "-m", "pip", "install", "-q", *unmet])
+
+
+# ----------------------------------------------------------------- QEMU source
+
+def qemu_source_tree(qemu_version):
+    """The upstream source of the installed QEMU version, from Debian's source package."""
+    tree = QEMU_SOURCE_DIR / f"qemu-{qemu_version}"
+    if (tree / "include" / "qemu" / "qemu-plugin.h").exists():
+        return tree
+    QEMU_SOURCE_DIR.mkdir(parents=True, exist_ok=True)
+    tarball = _download_qemu_source(qemu_version)
+    step(f"QEMU source: extracting {tarball.name}")
+    run(["tar", "-xf", str(tarball), "-C", str(QEMU_SOURCE_DIR)])
+    extracted = [Path(p) for p in glob.glob(str(QEMU_SOURCE_DIR / "qemu-*")) if Path(p).is_dir()]
+    for candidate in extracted:
+        if (candidate / "VERSION").read_text().strip() == qemu_version and candidate != tree:
+            candidate.rename(tree)
+    if not tree.exists():
+        raise BuildError(f"{tarball} did not contain QEMU {qemu_version}'s source.")
+    return tree
+
+
+def _download_qemu_source(qemu_version):
+    pattern = str(QEMU_SOURCE_DIR / f"qemu_{qemu_version}*.orig.tar.*")
+    if not glob.glob(pattern):
+        # The exact version's .dsc may be gone while its upstream tarball remains: take the tarball.
+        step(f"QEMU source: downloading the source package of {dpkg_version('qemu-system-x86')}")
+        subprocess.run(["apt-get", "source", "--download-only", f"qemu={dpkg_version('qemu-system-x86')}"],
+                       cwd=QEMU_SOURCE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = glob.glob(pattern)
+    if not found:
+        raise BuildError(f"could not download QEMU {qemu_version}'s source with `apt-get source` "
+                         "(is the deb-src entry for bookworm-backports in place? build.py adds it as root).")
+    return Path(found[0])
+
+
+def build_qemu_user(tree, qemu_version):
+    """qemu-x86_64 with plugin support (Debian's is static and cannot load plugins)."""
+    binary = QEMU_USER_BUILD_DIR / "qemu-x86_64"
+    stamp = QEMU_USER_BUILD_DIR / "built-from"
+    if binary.exists() and stamp.exists() and stamp.read_text() == str(tree):
+        step("qemu-x86_64 with plugins: already built")
+        return binary
+    shutil.rmtree(QEMU_USER_BUILD_DIR, ignore_errors=True)
+    QEMU_USER_BUILD_DIR.mkdir(parents=True)
+    step(f"qemu-x86_64 with plugins: configuring QEMU {qemu_version} (about 15 s)")
+    run([str(tree / "configure"), f"--python={sys.executable}", *QEMU_USER_CONFIGURE], cwd=QEMU_USER_BUILD_DIR)
+    step("qemu-x86_64 with plugins: compiling (about a minute on 2 cores)")
+    run(["ninja", "qemu-x86_64"], cwd=QEMU_USER_BUILD_DIR)
+    stamp.write_text(str(tree))
+    return binary
+
+
+# ----------------------------------------------------------------- compiling the project's C
+
+def out_of_date(target, sources):
+    if not target.exists():
+        return True
+    return any(Path(s).stat().st_mtime > target.stat().st_mtime for s in sources)
+
+
+def compile_c(output, source, flags, headers=()):
+    output = Path(output)
+    sources = [REPO_DIR / source, *[REPO_DIR / h for h in headers]]
+    if not out_of_date(output, sources):
+        return False
+    output.parent.mkdir(parents=True, exist_ok=True)
+    run(["gcc", *CFLAGS, *flags, "-o", str(output), str(REPO_DIR / source)])
+    return True
+
+
+def glib_cflags():
+    return run(["pkg-config", "--cflags", "glib-2.0"]).split()
+
+
+def build_plugins(tree):
+    flags = ["-shared", "-fPIC", "-Wno-unused-parameter", f"-I{tree / 'include' / 'qemu'}",
+             f"-I{REPO_DIR / 'qemu_patches'}", *glib_cflags(), "-lpthread"]
+    for name, source in PLUGINS:
+        built = compile_c(DEFAULT_QEMU_DIR / name, source, flags, ["qemu_patches/gmbe_record.h"])
+        step(f"plugin {name}: {'compiled' if built else 'up to date'}")
+
+
+def build_analysis_tools():
+    flags = [f"-I{REPO_DIR / 'qemu_patches'}", f"-I{REPO_DIR / 'analysis_tools'}"]
+    headers = ["qemu_patches/gmbe_record.h", "analysis_tools/gmbe_reader.h"]
+    for name, source in ANALYSIS_TOOLS:
+        built = compile_c(ANALYSIS_TOOLS_DIR / name, source, flags, headers)
+        step(f"analysis tool {name}: {'compiled' if built else 'up to date'}")
+
+
+def build_guest_programs():
+    # Static, so the same binary runs under qemu-x86_64 and in a minimal guest.
+    for name, source in GUEST_PROGRAMS:
+        compile_c(GUEST_PROGRAMS_DIR / name, source, ["-static", "-O1"])
+    step(f"guest programs: {', '.join(n for n, _ in GUEST_PROGRAMS)}")
+
+
+def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
+    DEFAULT_QEMU_DIR.mkdir(parents=True, exist_ok=True)
+    for name in ("qemu-system-x86_64", "qemu-img"):
+        link = DEFAULT_QEMU_DIR / name
+        if not link.is_symlink():
+            link.symlink_to(shutil.which(name))
+    if out_of_date(DEFAULT_QEMU_DIR / "qemu-x86_64", [qemu_user_binary]):
+        shutil.copy2(qemu_user_binary, DEFAULT_QEMU_DIR / "qemu-x86_64")
+    header = (tree / "include" / "qemu" / "qemu-plugin.h").read_text()
+    api = re.search(r"#define QEMU_PLUGIN_VERSION (\d+)", header).group(1)
+    versions = {"qemu_version": qemu_version, "debian_package": dpkg_version("qemu-system-x86"),
+                "plugin_api_version": int(api), "qemu_source": tree.name}
+    (DEFAULT_QEMU_DIR / "VERSION.json").write_text(json.dumps(versions, indent=2) + "\n")
+    step(f"qemu_with_GMBEOO: {DEFAULT_QEMU_DIR}")
+
+
+def build_everything():
+    install_debian_packages()
+    qemu_version = check_qemu_version()
+    install_python_packages()
+    tree = qemu_source_tree(qemu_version)
+    qemu_user = build_qemu_user(tree, qemu_version)
+    build_plugins(tree)
+    build_analysis_tools()
+    build_guest_programs()
+    lay_out_qemu_dir(qemu_user, qemu_version, tree)
+
+
+def run_tests(pytest_args):
+    step("running the tests")
+    return subprocess.call([sys.executable, "-m", "pytest", str(REPO_DIR / "tests"), *pytest_args],
+                           cwd=REPO_DIR)
