@@ -1,0 +1,89 @@
+"""Shared helpers: run the real memory_tracer.py, parse its sections, and check nothing is left behind."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build"
+TOOLS = BUILD / "analysis_tools"
+PROGRAMS = BUILD / "guest_programs"
+QEMU_DIR = BUILD / "qemu_with_GMBEOO"
+TEST_TOOLS = Path(__file__).resolve().parent / "tools"
+
+SECTION_HEADERS = ("workload info:", "analysis output:", "trace info:")
+
+
+def pytest_sessionstart(session):
+    # Tests never skip for a missing build: CI builds first, and a missing part is a failure.
+    for part in (QEMU_DIR / "qemu-x86_64", QEMU_DIR / "libgmbeoo.so", TOOLS / "count",
+                 PROGRAMS / "known_accesses"):
+        if not part.exists():
+            pytest.exit(f"{part} is missing: run `python3 build.py` first.", returncode=1)
+
+
+def parse_sections(stdout):
+    """stdout of memory_tracer.py as {section: text}; the duration under 'tracing_duration'."""
+    sections, current = {}, None
+    for line in stdout.splitlines():
+        if line in SECTION_HEADERS:
+            current = line[:-1]
+            sections[current] = []
+        elif line.startswith("tracing_duration_in_milliseconds: "):
+            sections["tracing_duration"] = int(line.split(": ")[1])
+            current = None
+        elif current is not None:
+            sections[current].append(line)
+    return {k: ("\n".join(v) if isinstance(v, list) else v) for k, v in sections.items()}
+
+
+def key_values(text, sep):
+    """'name<sep>value' lines (or words) as a dict of ints where the value is an int."""
+    result = {}
+    for item in text.split():
+        if sep in item:
+            name, _, value = item.partition(sep)
+            result[name.rstrip(":")] = value
+    return result
+
+
+def analysis_counts(stdout):
+    """The count tool's `name: value` lines, as ints."""
+    lines = parse_sections(stdout)["analysis output"].splitlines()
+    return {name: int(value) for name, _, value in (line.partition(": ") for line in lines)}
+
+
+def trace_info(stdout):
+    info = {}
+    for line in parse_sections(stdout).get("trace info", "").splitlines():
+        name, _, value = line.rpartition(": ")
+        info[name.replace("ATTENTION: ", "").split(" (")[0]] = int(value)
+    return info
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """A TMPDIR of the test's own: afterwards it must hold nothing memory_tracer made."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    yield tmp
+    leftovers = list(tmp.iterdir())
+    assert leftovers == [], f"memory_tracer left {leftovers} behind"
+
+
+@pytest.fixture
+def tracer(private_tmp):
+    """Run memory_tracer.py for real; returns the CompletedProcess."""
+    def run(*args, timeout=300, **kwargs):
+        env = dict(os.environ, TMPDIR=str(private_tmp))
+        return subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, args)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout, env=env, **kwargs)
+    return run
+
+
+def user_mode(*args):
+    return ["--user_mode", *args]

@@ -1,0 +1,106 @@
+"""Every validation of interface.md: one clear line on stderr, non-zero exit, nothing started."""
+import os
+
+import pytest
+
+from conftest import PROGRAMS, QEMU_DIR, TOOLS
+
+KNOWN = str(PROGRAMS / "known_accesses")
+COUNT = str(TOOLS / "count")
+
+
+def positional(tmp_path):
+    image = tmp_path / "image.qcow2"
+    image.write_bytes(b"")
+    return [str(image), "ready_for_memory_tracer", str(QEMU_DIR)]
+
+
+CASES = [
+    (["--workload_path_on_host", "no/such/workload", "--analysis_tool_path", COUNT],
+     "workload_path_on_host must be a file path, but no/such/workload isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", "no_such_tool"],
+     "analysis_tool_path must be a file path, but no_such_tool isn't."),
+    (["--workload_path_on_host", KNOWN, "--trace_fifo_path", KNOWN],
+     f"trace_fifo_path must be a fifo path, but {KNOWN} isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--log_of_GMBE_block_len", "-1"],
+     "log_of_GMBE_block_len must be in range [0, 64], but -1 isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--log_of_GMBE_tracing_ratio", "65"],
+     "log_of_GMBE_tracing_ratio must be in range [0, 64], but 65 isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT,
+      "--log_of_GMBE_block_len", "32", "--log_of_GMBE_tracing_ratio", "33"],
+     "log_of_GMBE_block_len + log_of_GMBE_tracing_ratio must be in range [0, 64], but 32 + 33 = 65 isn't."),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES)
+def test_bad_value_is_named_in_one_line(tracer, tmp_path, args, message):
+    run = tracer(*positional(tmp_path), *args)
+    assert run.returncode != 0
+    assert run.stderr.strip() == message
+    assert run.stdout == ""
+
+
+def test_guest_image_must_be_a_file(tracer):
+    run = tracer("no_image.qcow2", "snap", str(QEMU_DIR), "--workload_path_on_host", KNOWN, "--dont_trace")
+    assert run.returncode != 0
+    assert run.stderr.strip() == "guest_image_path must be a file path, but no_image.qcow2 isn't."
+
+
+def test_qemu_dir_must_be_a_dir(tracer, tmp_path):
+    image = positional(tmp_path)[0]
+    run = tracer(image, "snap", KNOWN, "--workload_path_on_host", KNOWN, "--dont_trace")
+    assert run.returncode != 0
+    assert run.stderr.strip() == f"qemu_with_GMBEOO_path must be a dir path, but {KNOWN} isn't."
+
+
+def test_dont_use_qemu_does_not_check_dummy_positionals(tracer):
+    run = tracer("dummy", "dummy", "dummy", "--workload_path_on_host", KNOWN, "--dont_use_qemu",
+                 "--dont_add_communications_with_host_to_workload")
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--workload_path_on_host", KNOWN],                                   # no consumer group
+    ["--analysis_tool_path", COUNT],                                      # no workload group
+    ["--workload_path_on_host", KNOWN, "--dont_trace", "--dont_use_qemu"],  # two of a group
+    ["--workload_path_on_host", KNOWN, "--dont_trace", "--timeout", "1",
+     "--dont_add_communications_with_host_to_workload"],
+])
+def test_argparse_groups_exit_with_2(tracer, tmp_path, args):
+    run = tracer(*positional(tmp_path), *args)
+    assert run.returncode == 2
+    assert "error:" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_positionals_are_required_outside_user_mode(tracer):
+    run = tracer("--workload_path_on_host", KNOWN, "--dont_trace")
+    assert run.returncode == 2
+    assert "the following arguments are required: guest_image_path" in run.stderr
+
+
+def test_relative_paths_work(tracer):
+    here = os.getcwd()
+    try:
+        os.chdir(PROGRAMS)
+        run = tracer("--user_mode", "--workload_path_on_host", "known_accesses",
+                     "--dont_add_communications_with_host_to_workload",
+                     "--analysis_tool_path", os.path.relpath(COUNT, PROGRAMS))
+    finally:
+        os.chdir(here)
+    assert run.returncode == 0, run.stderr
+    assert "range_store_8_unsigned: 111" in run.stdout
+
+
+def test_non_executable_workload_is_refused(tracer, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("not a program")
+    run = tracer("--user_mode", "--workload_path_on_host", data, "--dont_trace")
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"workload_path_on_host must be an executable file, but {data} isn't executable."
+
+
+def test_analysis_tool_that_exits_at_once_is_reported(tracer):
+    run = tracer("--user_mode", "--workload_path_on_host", KNOWN, "--analysis_tool_path", "/bin/true")
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("the analysis tool /bin/true exited (exit code 0) before printing "
+                                  "'Ready to analyze'.")

@@ -1,0 +1,61 @@
+"""The GMBEOO plugin's control channel, driven directly: the protocol of qemu_patches/README.md."""
+import os
+
+import pexpect
+import pytest
+
+from conftest import PROGRAMS, QEMU_DIR
+from memtracer.errors import ControlChannelError
+from memtracer.plugin_control import ControlChannel
+from memtracer.workload import ProtocolSession
+
+
+@pytest.fixture
+def paused_workload(tmp_path):
+    """known_accesses under qemu-x86_64 + GMBEOO (tracing off), a reader draining the FIFO."""
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    socket_path = tmp_path / "control.sock"
+    plugin = f"{QEMU_DIR / 'libgmbeoo.so'},trace_fifo_path={fifo},control_socket_path={socket_path},enabled=off"
+    child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", plugin, str(PROGRAMS / "known_accesses")],
+                          echo=False, encoding="utf-8", timeout=30)
+    reader = pexpect.spawn("/bin/sh", ["-c", f"wc -c < {fifo}"], encoding="utf-8", timeout=30)
+    control = ControlChannel(socket_path).connect(30, child.isalive)
+    yield child, control, reader
+    control.close()
+    child.close(force=True)
+    reader.close(force=True)
+
+
+def test_counters_follow_enable_flush_and_disable(paused_workload):
+    child, control, reader = paused_workload
+    session = ProtocolSession(child)
+    session.read_info()
+    assert set(control.counters().values()) == {0}
+    control.enable()
+    session.release()
+    session.wait_for_stop(timeout=30)
+    control.disable()
+    control.flush()
+    counters = control.counters()
+    assert counters["num_of_events_written_to_trace_buf"] >= 1391  # known_accesses' own accesses
+    assert counters["num_of_events_written_to_trace_file"] == counters["num_of_events_written_to_trace_buf"]
+    assert counters["num_of_events_waiting_in_trace_buf"] == 0
+    child.expect(pexpect.EOF)
+    reader.expect(pexpect.EOF)
+    assert int(reader.before) == 16 * counters["num_of_events_written_to_trace_file"]
+    assert not os.path.exists(control.socket_path), "the plugin removes its socket at exit"
+
+
+def test_bad_commands_get_errors_and_the_channel_stays_usable(paused_workload):
+    child, control, reader = paused_workload
+    with pytest.raises(ControlChannelError, match="unknown command frobnicate"):
+        control.command("frobnicate")
+    with pytest.raises(ControlChannelError, match=r"log_of_GMBE_block_len must be in range \[0, 64\], but 70 isn't"):
+        control.set(log_of_GMBE_block_len=70)
+    with pytest.raises(ControlChannelError, match="32 \\+ 33 = 65"):
+        control.set(log_of_GMBE_block_len=32, log_of_GMBE_tracing_ratio=33)
+    with pytest.raises(ControlChannelError, match="unknown option trace_fifo_path"):
+        control.set(trace_fifo_path="/tmp/x")
+    control.set(log_of_GMBE_block_len=0, log_of_GMBE_tracing_ratio=64)
+    assert control.counters()["num_of_dropped_events"] == 0

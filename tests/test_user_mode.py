@@ -1,0 +1,231 @@
+"""End to end in user mode: the real qemu-x86_64, the real GMBEOO plugin, real FIFOs and tools."""
+import fcntl
+import os
+import threading
+
+import numpy as np
+
+from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, parse_sections, trace_info,
+                      user_mode)
+from memtracer import record
+from memtracer.trace_fifo import F_GETPIPE_SZ, pipe_max_size
+
+COUNT = TOOLS / "count"
+KNOWN = PROGRAMS / "known_accesses"
+MEM_LOOP = PROGRAMS / "mem_loop"
+PROTOCOL = "--dont_add_communications_with_host_to_workload"
+
+
+def promised_counts(stdout):
+    """known_accesses' own word: `kind=N` lines of its workload info."""
+    info = parse_sections(stdout)["workload info"].splitlines()
+    return {k: int(v) for k, _, v in (line.partition("=") for line in info) if k != "range"}
+
+
+def buffer_range(stdout):
+    line = parse_sections(stdout)["workload info"].splitlines()[0]
+    start, end = line.partition("=")[2].split("-")
+    return int(start, 16), int(end, 16)
+
+
+def test_every_kind_of_access_is_traced_exactly(tracer):
+    run = tracer(*user_mode("--workload_path_on_host", KNOWN, PROTOCOL, "--analysis_tool_path", COUNT,
+                            "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    counts = analysis_counts(run.stdout)
+    promised = promised_counts(run.stdout)
+    assert len(promised) == 13
+    for kind, n in promised.items():
+        assert counts[f"range_{kind}"] == n, kind
+    assert counts["range_records"] == sum(promised.values())
+    info = trace_info(run.stdout)
+    assert info["num_of_events_written_to_trace_buf"] == counts["num_of_records"]
+    assert info["num_of_GMBE_events_since_enabling_GMBEOO"] == counts["num_of_records"]
+    assert counts["cpl_3"] == counts["num_of_records"]
+
+
+class FifoReader(threading.Thread):
+    """A reader of our own on a --trace_fifo_path FIFO; notes the pipe size it saw mid-stream."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.data = bytearray()
+        self.pipe_size_while_tracing = None
+
+    def run(self):
+        fd = os.open(self.path, os.O_RDONLY)
+        while chunk := os.read(fd, 1 << 20):
+            if self.pipe_size_while_tracing is None:
+                self.pipe_size_while_tracing = fcntl.fcntl(fd, F_GETPIPE_SZ)
+            self.data += chunk
+        os.close(fd)
+
+
+def test_records_through_trace_fifo_path_are_well_formed(tracer, tmp_path):
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    reader.start()
+    run = tracer(*user_mode("--workload_path_on_host", KNOWN, PROTOCOL, "--trace_fifo_path", fifo,
+                            "--print_trace_info"))
+    reader.join(timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "analysis output" not in parse_sections(run.stdout)
+    assert len(reader.data) % record.RECORD_SIZE == 0
+    records = record.records_from_bytes(reader.data)
+    assert len(records) == trace_info(run.stdout)["num_of_events_written_to_trace_buf"]
+    assert (records["valid"] == record.VALID_BYTE).all()
+    assert (records["reserved"] == 0).all()
+    assert (records["vcpu"] == 0).all()
+    assert (record.cpls(records) == 3).all()
+    start, end = buffer_range(run.stdout)
+    inside = records[(records["virt_addr"] >= start) & (records["virt_addr"] < end)]
+    promised = promised_counts(run.stdout)
+    for kind, n in promised.items():
+        op, size, sign = kind.split("_")
+        match = ((record.is_store(inside) == (op == "store"))
+                 & (record.access_sizes(inside) == int(size))
+                 & (record.is_sign_extended(inside) == (sign == "signed")))
+        assert match.sum() == n, kind
+    assert not record.is_big_endian(records).any()
+    assert reader.pipe_size_while_tracing == pipe_max_size()
+
+
+def traced_counts(tracer, *args):
+    run = tracer(*user_mode(*args, "--analysis_tool_path", COUNT, "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    return analysis_counts(run.stdout), trace_info(run.stdout)
+
+
+def test_sampling_edge_cases_are_exact(tracer):
+    for block, ratio, expected in ((0, 64, 1), (3, 61, 8)):
+        counts, info = traced_counts(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1",
+                                     "--log_of_GMBE_block_len", block, "--log_of_GMBE_tracing_ratio", ratio)
+        assert counts["num_of_records"] == expected
+        assert info["num_of_events_written_to_trace_buf"] == expected
+        assert info["num_of_GMBE_events_since_enabling_GMBEOO"] > 10000
+
+
+def test_sampling_one_block_in_sixteen(tracer):
+    counts, info = traced_counts(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "256 1",
+                                 "--log_of_GMBE_block_len", 3, "--log_of_GMBE_tracing_ratio", 4)
+    events = info["num_of_GMBE_events_since_enabling_GMBEOO"]
+    written = info["num_of_events_written_to_trace_buf"]
+    assert counts["num_of_records"] == written
+    # Blocks of 8 traced, 120 skipped: exactly this many of the first `events` indices.
+    full, rest = divmod(events, 128)
+    assert written == full * 8 + min(rest, 8)
+    assert info["actual_tracing_ratio"] in (15, 16)
+
+
+def test_block_len_64_traces_everything(tracer):
+    counts, info = traced_counts(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1",
+                                 "--log_of_GMBE_block_len", 64, "--log_of_GMBE_tracing_ratio", 0)
+    assert counts["num_of_records"] == info["num_of_GMBE_events_since_enabling_GMBEOO"]
+
+
+def test_wrapped_workload_is_traced_from_start_to_exit(tracer):
+    kib = 256
+    counts, info = traced_counts(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", f"{kib} 1")
+    longs = kib * 1024 // 8
+    # One store per element, then strided loads: 1 + 1/2 + 1/4 + 1/8 of the elements.
+    assert counts["stores"] >= longs
+    assert counts["loads"] >= longs * 15 // 8
+    assert counts["cpl_3"] == counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+
+
+def test_slow_consumer_loses_nothing(tracer):
+    counts, info = traced_counts_with(tracer, TEST_TOOLS / "slow_count.py", [])
+    assert counts["leftover_bytes"] == 0
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+    assert counts["num_of_records"] == info["num_of_GMBE_events_since_enabling_GMBEOO"]
+    assert "num_of_dropped_events" not in info and "num_of_missing_events" not in info
+
+
+def test_drop_mode_counts_what_it_drops(tracer):
+    counts, info = traced_counts_with(tracer, TEST_TOOLS / "slow_count.py", ["--drop_when_trace_fifo_full"])
+    assert counts["leftover_bytes"] == 0
+    assert info["num_of_dropped_events"] > 0
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+    assert (info["num_of_events_written_to_trace_buf"] + info["num_of_dropped_events"]
+            == info["num_of_GMBE_events_since_enabling_GMBEOO"])
+
+
+def traced_counts_with(tracer, tool, extra):
+    run = tracer(*user_mode("--workload_path_on_host", MEM_LOOP, "--workload_args", "2048 1",
+                            "--analysis_tool_path", tool, "--print_trace_info", *extra))
+    assert run.returncode == 0, run.stderr
+    return analysis_counts(run.stdout), trace_info(run.stdout)
+
+
+def test_timeout_stops_the_workload_and_keeps_its_records(tracer):
+    run = tracer(*user_mode("--workload_path_on_host", PROGRAMS / "spin_forever", "--timeout", 2,
+                            "--analysis_tool_path", COUNT, "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    assert "--timeout 2 s" in run.stderr
+    assert parse_sections(run.stdout)["tracing_duration"] >= 2000
+    counts = analysis_counts(run.stdout)
+    assert counts["num_of_records"] > 0
+    assert counts["num_of_records"] == trace_info(run.stdout)["num_of_events_written_to_trace_buf"]
+
+
+def test_crashing_workload_is_reported_after_its_trace(tracer):
+    run = tracer(*user_mode("--workload_path_on_host", PROGRAMS / "crash_after_work",
+                            "--analysis_tool_path", COUNT))
+    assert run.returncode == 3
+    assert "killed by SIGSEGV" in run.stderr
+    assert analysis_counts(run.stdout)["stores"] >= 4096
+
+
+def test_untraced_and_native_runs_print_info_and_duration_only(tracer):
+    untraced = tracer(*user_mode("--workload_path_on_host", KNOWN, PROTOCOL, "--dont_trace", "--print_trace_info"))
+    native = tracer("x", "y", "z", "--workload_path_on_host", KNOWN, PROTOCOL, "--dont_use_qemu",
+                    "--print_trace_info")
+    for run in (untraced, native):
+        assert run.returncode == 0, run.stderr
+        sections = parse_sections(run.stdout)
+        assert set(sections) == {"workload info", "tracing_duration"}
+        assert promised_counts(run.stdout)["store_8_unsigned"] == 111
+
+
+def test_empty_workload_info_prints_no_section(tracer):
+    run = tracer(*user_mode("--workload_path_on_host", MEM_LOOP, "--workload_args", "16 1", "--dont_trace"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].startswith("tracing_duration_in_milliseconds: ")
+    assert "workload info:" not in run.stdout
+
+
+def test_info_words_reach_the_analysis_tool_as_argv(tracer):
+    run = tracer(*user_mode("--workload_path_on_host", KNOWN, PROTOCOL,
+                            "--analysis_tool_path", TEST_TOOLS / "echo_args.py"))
+    assert run.returncode == 0, run.stderr
+    sections = parse_sections(run.stdout)
+    assert sections["analysis output"].split() == sections["workload info"].split()
+
+
+def test_cpl3_filter_keeps_user_mode_records(tracer):
+    counts, info = traced_counts(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1",
+                                 "--trace_only_CPL3_code_GMBE")
+    assert counts["num_of_records"] > 10000
+    assert counts["cpl_0"] == counts["cpl_1"] == counts["cpl_2"] == 0
+
+
+def test_numpy_dtype_reads_records_written_by_c(tmp_path):
+    # A record made by the C header's own helpers must decode field by field in NumPy.
+    source = tmp_path / "make_record.c"
+    source.write_text('#include <stdio.h>\n#include "gmbe_record.h"\nint main(void){\n'
+                      ' struct gmbe_record r = { gmbe_vcpu_header(513) | GMBE_STORE_BIT | GMBE_SIGN_EXTEND_BIT'
+                      ' | 3u | (2u << GMBE_CPL_SHIFT), 0x1122334455667788ull };\n'
+                      ' fwrite(&r, sizeof r, 1, stdout); printf("%u %u %u", gmbe_vcpu(&r), gmbe_size(&r),'
+                      ' gmbe_cpl(&r)); return 0; }\n')
+    binary = tmp_path / "make_record"
+    header_dir = os.path.join(os.path.dirname(__file__), "..", "qemu_patches")
+    assert os.system(f"gcc -Wall -Werror -I{header_dir} -o {binary} {source}") == 0
+    output = os.popen(str(binary)).buffer.read()
+    records = record.records_from_bytes(output[:16])
+    assert records["vcpu"][0] == 513 == int(output[16:].split()[0])
+    assert record.access_sizes(records)[0] == 8 == int(output[16:].split()[1])
+    assert record.cpls(records)[0] == 2 == int(output[16:].split()[2])
+    assert record.is_store(records)[0] and record.is_sign_extended(records)[0]
+    assert records["valid"][0] == 0x80 and records["virt_addr"][0] == np.uint64(0x1122334455667788)
