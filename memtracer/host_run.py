@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pexpect
 
 from .consumer import ToolConsumer, UserFifoConsumer
-from .errors import QemuError
+from .errors import ControlChannelError, QemuError
 from .plugin_control import ControlChannel, parse_counters
 from .trace_settings import TraceSettings
 from .workload import ProtocolSession, describe_exit_status
@@ -131,7 +131,8 @@ class HostRun:
         if self.request.verbose and workload_output:
             sys.stderr.write(workload_output)
         if self.request.traced:
-            self.result.counters = self._final_counters(command, process, workload_output)
+            self.result.counters = self.result.counters or self._final_counters(
+                command, process.returncode, workload_output)
             self.result.analysis_output = self.consumer.finish()
         if timed_out:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
@@ -159,15 +160,14 @@ class HostRun:
                 process.wait()
                 return True
 
-    def _final_counters(self, command, process, workload_output):
-        if self.result.counters is not None:
-            return self.result.counters   # taken at the timeout
+    def _final_counters(self, command, exit_code, workload_output):
+        """The counters the plugin wrote when QEMU exited."""
         try:
             with open(self._path("counters")) as f:
                 return parse_counters(f.read())
         except FileNotFoundError:
             raise QemuError("qemu-x86_64 ended before the GMBEOO plugin finished", command,
-                            process.returncode, workload_output) from None
+                            exit_code, workload_output) from None
 
     # ------------------------------------------------------------------ protocol flow
 
@@ -192,11 +192,22 @@ class HostRun:
         session.wait_for_stop()
         self.result.duration_ms = int((time.monotonic() - start) * 1000)
         if self.request.traced:
-            self.control.disable()
-            self.control.flush(self.consumer.check)
-            self.result.counters = self.control.counters()
+            self.result.counters = self._end_trace_window(command, child)
             self.result.analysis_output = self.consumer.finish()
         session.finish(FINISH_GRACE_SECONDS)
+
+    def _end_trace_window(self, command, child):
+        """Stop recording and deliver every record; returns the counters."""
+        try:
+            self.control.disable()
+            self.control.flush(self.consumer.check)
+            return self.control.counters()
+        except ControlChannelError:
+            # The workload exited right after `Stop tracing`, closing the channel: the plugin
+            # flushed at exit and wrote its counters.
+            child.expect(pexpect.EOF)
+            child.wait()
+            return self._final_counters(command, child.exitstatus, child.before)
 
     def _close_control(self):
         if self.control is not None:

@@ -17,7 +17,7 @@ def paused_workload(tmp_path):
     os.mkfifo(fifo)
     socket_path = tmp_path / "control.sock"
     plugin = f"{QEMU_DIR / 'libgmbeoo.so'},trace_fifo_path={fifo},control_socket_path={socket_path},enabled=off"
-    child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", plugin, str(PROGRAMS / "known_accesses")],
+    child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", plugin, str(PROGRAMS / "known_accesses"), "linger"],
                           echo=False, encoding="utf-8", timeout=30)
     reader = pexpect.spawn("/bin/sh", ["-c", f"wc -c < {fifo}"], encoding="utf-8", timeout=30)
     control = ControlChannel(socket_path).connect(30, child.isalive)
@@ -41,6 +41,7 @@ def test_counters_follow_enable_flush_and_disable(paused_workload):
     assert counters["num_of_events_written_to_trace_buf"] >= 1391  # known_accesses' own accesses
     assert counters["num_of_events_written_to_trace_file"] == counters["num_of_events_written_to_trace_buf"]
     assert counters["num_of_events_waiting_in_trace_buf"] == 0
+    session.release()   # let it exit
     child.expect(pexpect.EOF)
     reader.expect(pexpect.EOF)
     assert int(reader.before) == 16 * counters["num_of_events_written_to_trace_file"]

@@ -6,8 +6,11 @@
  *
  * Each access is one instruction written in asm, so the compiler cannot add,
  * merge or remove accesses to the buffer.
+ *
+ * With the argument "linger" it waits for one more Enter before it exits.
  */
 #include <stdio.h>
+#include <string.h>
 
 static unsigned char buffer[4096] __attribute__((aligned(64)));
 
@@ -47,7 +50,7 @@ static void make_accesses(void)
     REPEAT(N_STORE_16, "movdqa %%xmm0, (%0)", "xmm0");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     printf("-----begin workload info-----\n");
     printf("range=%p-%p\n", (void *)buffer, (void *)(buffer + sizeof(buffer)));
@@ -61,5 +64,8 @@ int main(void)
     make_accesses();
     printf("Stop tracing\n");
     fflush(stdout);
+    if (argc > 1 && strcmp(argv[1], "linger") == 0) {
+        getchar();
+    }
     return 0;
 }
