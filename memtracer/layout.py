@@ -1,5 +1,4 @@
 """Where build.py puts things, and the qemu_with_GMBEOO directory memory_tracer.py points at."""
-import json
 from pathlib import Path
 
 from .errors import BadInputError
@@ -31,9 +30,3 @@ class QemuDir:
                 raise BadInputError(f"{part} is missing; run `python3 build.py` first "
                                     f"(qemu_with_GMBEOO_path is {self.path}).")
         return self
-
-    def versions(self):
-        try:
-            return json.loads(self.version_file.read_text())
-        except (OSError, ValueError):
-            return {}

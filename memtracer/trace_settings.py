@@ -32,9 +32,3 @@ class TraceSettings:
             f"log_of_GMBE_tracing_ratio={self.log_of_GMBE_tracing_ratio}",
             f"drop_when_trace_fifo_full={on_off[self.drop_when_trace_fifo_full]}",
         ]
-
-    @staticmethod
-    def is_traced(event_index, log_block_len, log_ratio):
-        """interface.md's sampling rule, for tests and tools that predict counts."""
-        mask = (((1 << log_ratio) - 1) << log_block_len) & (2**64 - 1)
-        return (event_index & mask) == 0

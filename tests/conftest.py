@@ -39,16 +39,6 @@ def parse_sections(stdout):
     return {k: ("\n".join(v) if isinstance(v, list) else v) for k, v in sections.items()}
 
 
-def key_values(text, sep):
-    """'name<sep>value' lines (or words) as a dict of ints where the value is an int."""
-    result = {}
-    for item in text.split():
-        if sep in item:
-            name, _, value = item.partition(sep)
-            result[name.rstrip(":")] = value
-    return result
-
-
 def analysis_counts(stdout):
     """The count tool's `name: value` lines, as ints."""
     lines = parse_sections(stdout)["analysis output"].splitlines()
