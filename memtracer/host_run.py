@@ -152,10 +152,8 @@ class HostRun:
                 self.consumer.check()
             if deadline is not None and time.monotonic() >= deadline:
                 if self.request.traced:
-                    control = self._connect_control(lambda: process.poll() is None)
-                    control.disable()
-                    control.flush(self.consumer.check)
-                    self.result.counters = control.counters()
+                    self._connect_control(lambda: process.poll() is None)
+                    self.result.counters = self._stop_recording()
                 process.kill()
                 process.wait()
                 return True
@@ -199,15 +197,19 @@ class HostRun:
     def _end_trace_window(self, command, child):
         """Stop recording and deliver every record; returns the counters."""
         try:
-            self.control.disable()
-            self.control.flush(self.consumer.check)
-            return self.control.counters()
+            return self._stop_recording()
         except ControlChannelError:
             # The workload exited right after `Stop tracing`, closing the channel: the plugin
             # flushed at exit and wrote its counters.
             child.expect(pexpect.EOF)
             child.wait()
             return self._final_counters(command, child.exitstatus, child.before)
+
+    def _stop_recording(self):
+        """End the trace window through the plugin: stop recording, deliver every record."""
+        self.control.disable()
+        self.control.flush(self.consumer.check)
+        return self.control.counters()
 
     def _close_control(self):
         if self.control is not None:
