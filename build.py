@@ -10,10 +10,12 @@ from memtracer.machine_setup import build_everything, run_tests
 def main():
     parser = argparse.ArgumentParser(prog="build.py", description=__doc__)
     parser.add_argument("--run_tests", action="store_true", help="Run the test suite after building.")
+    parser.add_argument("--remake_guest_image", action="store_true",
+                        help="Make the built-in guest image and its snapshot again, even if up to date.")
     parser.add_argument("pytest_args", nargs="*", help="Extra arguments for pytest (after --).")
     args = parser.parse_args()
     try:
-        build_everything()
+        build_everything(args.remake_guest_image)
     except MemoryTracerError as exc:
         print(f"build.py: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from .errors import BadInputError, Interrupted, MemoryTracerError
 from .host_run import HostRun, RunRequest
 from .layout import DEFAULT_QEMU_DIR, QemuDir
 from .report import format_report
+from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
 from .trace_settings import TraceSettings
 
@@ -127,6 +128,10 @@ def build_parser():
                                  "qemu-x86_64 with GMBEOO; no guest image is needed.")
     extensions.add_argument("--workload_args", default="",
                             help="Arguments for the workload, as one shell-quoted string.")
+    extensions.add_argument("--run_on_private_copy", action="store_true",
+                            help="Run QEMU on a private copy of guest_image_path (removed afterwards), "
+                                 "so that several runs can use one image at once and the image is never "
+                                 "written to.")
     extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
                             help="Drop (and count) records when the reader is slower than the guest, "
                                  "instead of making the guest wait (the default is lossless).")
@@ -140,7 +145,7 @@ def _require(kind, name, value):
 
 
 def validate(parser, args):
-    """Check everything before anything starts; returns (RunRequest, QemuDir or None)."""
+    """Check everything before anything starts; returns (RunRequest, QemuDir or None, GuestTarget or None)."""
     native = args.dont_use_qemu
     if not args.user_mode and not native:
         missing = [n for n in ("guest_image_path", "snapshot_name", "qemu_with_GMBEOO_path")
@@ -161,39 +166,60 @@ def validate(parser, args):
     if args.timeout is not None and not args.timeout > 0:
         raise BadInputError(f"timeout must be a positive number of seconds, but {args.timeout:g} isn't.")
 
-    if not args.user_mode and not native:
-        raise BadInputError("full-system tracing (a guest image) is not available yet; "
-                            "use --user_mode to trace a program on this host.")
-    if args.workload_path_on_host is None:
-        raise BadInputError("--workload_path_on_guest needs a guest image; in --user_mode and with "
-                            "--dont_use_qemu, pass the program with --workload_path_on_host.")
-    for flag in ("dont_exit_qemu_when_done", "dont_use_nographic"):
-        if getattr(args, flag):
-            raise BadInputError(f"--{flag} applies to full-system runs only, not to --user_mode.")
-    workload = os.path.abspath(args.workload_path_on_host)
-    if not os.access(workload, os.X_OK):
-        raise BadInputError(f"workload_path_on_host must be an executable file, but "
-                            f"{args.workload_path_on_host} isn't executable.")
     try:
         workload_args = shlex.split(args.workload_args)
     except ValueError as exc:
         raise BadInputError(f"workload_args must be a shell-quoted string, but {args.workload_args!r} "
                             f"isn't ({exc}).") from None
+    if not args.user_mode and not native:
+        return _system_run_plan(args, settings, workload_args)
+    if args.workload_path_on_host is None:
+        raise BadInputError("--workload_path_on_guest needs a guest image; in --user_mode and with "
+                            "--dont_use_qemu, pass the program with --workload_path_on_host.")
+    for flag in ("dont_exit_qemu_when_done", "dont_use_nographic", "run_on_private_copy"):
+        if getattr(args, flag):
+            raise BadInputError(f"--{flag} applies to full-system runs only, not to --user_mode "
+                                "or --dont_use_qemu.")
+    workload = os.path.abspath(args.workload_path_on_host)
+    if not os.access(workload, os.X_OK):
+        raise BadInputError(f"workload_path_on_host must be an executable file, but "
+                            f"{args.workload_path_on_host} isn't executable.")
     qemu_dir = None
     if not native:
         qemu_dir = QemuDir(args.qemu_with_GMBEOO_path or DEFAULT_QEMU_DIR).require("qemu_user")
-    request = RunRequest(
-        workload_argv=[workload, *workload_args],
+    return _run_request(args, settings, [workload, *workload_args]), qemu_dir, None
+
+
+def _run_request(args, settings, workload_argv):
+    return RunRequest(
+        workload_argv=workload_argv,
         follow_protocol=args.dont_add_communications_with_host_to_workload,
         timeout=args.timeout,
         analysis_tool_path=args.analysis_tool_path and os.path.abspath(args.analysis_tool_path),
         trace_fifo_path=args.trace_fifo_path and os.path.abspath(args.trace_fifo_path),
-        traced=not (args.dont_trace or native),
-        native=native,
+        traced=not (args.dont_trace or args.dont_use_qemu),
+        native=args.dont_use_qemu,
         settings=settings,
         verbose=args.verbose,
     )
-    return request, qemu_dir
+
+
+def _system_run_plan(args, settings, workload_args):
+    if args.guest_RAM_in_MBs <= 0:
+        raise BadInputError(f"guest_RAM_in_MBs must be a positive number of MiB, but {args.guest_RAM_in_MBs} isn't.")
+    qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
+    target = GuestTarget(
+        image_path=os.path.abspath(args.guest_image_path),
+        snapshot=args.snapshot_name,
+        ram_mb=args.guest_RAM_in_MBs,
+        workload_path_on_host=args.workload_path_on_host and os.path.abspath(args.workload_path_on_host),
+        workload_path_on_guest=args.workload_path_on_guest,
+        workload_args=tuple(workload_args),
+        graphic=args.dont_use_nographic,
+        keep_qemu=args.dont_exit_qemu_when_done,
+        private_copy=args.run_on_private_copy,
+    )
+    return _run_request(args, settings, None), qemu_dir, target
 
 
 @contextmanager
@@ -214,10 +240,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="memory_tracer: %(message)s", stream=sys.stderr)
+    for noisy in ("qemu.qmp", "asyncio"):   # their protocol dumps drown ours
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         with sigterm_as_interrupt():
-            request, qemu_dir = validate(parser, args)
-            result = HostRun(request, qemu_dir).run()
+            request, qemu_dir, target = validate(parser, args)
+            if target is None:
+                result = HostRun(request, qemu_dir).run()
+                print_report(result, args)
+            else:
+                with SystemRun(request, qemu_dir, target) as system_run:
+                    result = system_run.trace()
+                    print_report(result, args)
+                    if target.keep_qemu:
+                        system_run.hand_over()
     except KeyboardInterrupt:
         print("memory_tracer.py: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -234,11 +270,13 @@ def main(argv=None):
             traceback.print_exc()
         print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_WORKLOAD_FAILED if result.workload_problem else 0
+
+
+def print_report(result, args):
     sys.stdout.write(format_report(result, args.print_trace_info))
     sys.stdout.flush()
     for note in result.notes:
         print(f"memory_tracer.py: {note}", file=sys.stderr)
     if result.workload_problem:
         print(f"memory_tracer.py: {result.workload_problem}", file=sys.stderr)
-        return EXIT_WORKLOAD_FAILED
-    return 0

@@ -8,6 +8,11 @@ BUILD_DIR = REPO_DIR / "build"
 DEFAULT_QEMU_DIR = BUILD_DIR / "qemu_with_GMBEOO"
 ANALYSIS_TOOLS_DIR = BUILD_DIR / "analysis_tools"
 GUEST_PROGRAMS_DIR = BUILD_DIR / "guest_programs"
+GUEST_RUNNER = GUEST_PROGRAMS_DIR / "runner"
+GUEST_IMAGE_DIR = BUILD_DIR / "guest_image"
+DEFAULT_GUEST_IMAGE = GUEST_IMAGE_DIR / "memory_tracer_guest.qcow2"
+DEFAULT_SNAPSHOT = "ready_for_memory_tracer"
+DEFAULT_GUEST_RAM_MB = 2560
 
 
 class QemuDir:

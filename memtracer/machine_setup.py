@@ -14,7 +14,11 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import BuildError
-from .layout import ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_QEMU_DIR, GUEST_PROGRAMS_DIR, REPO_DIR
+from .guest_image import build_disk_image
+from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
+                     DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR, QemuDir)
+from .qemu_machine import MachineProfile
+from .snapshot import save_ready_snapshot
 
 MIN_QEMU_MAJOR = 10
 
@@ -37,7 +41,9 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
 BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
-                  "xz-utils", "dpkg-dev"]
+                  "xz-utils", "dpkg-dev", "zlib1g-dev",
+                  # the built-in guest image: a FAT boot disk made without loop mounts
+                  "mtools", "dosfstools", "syslinux", "syslinux-common"]
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
@@ -46,6 +52,9 @@ PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
 ANALYSIS_TOOLS = [("count", "analysis_tools/count.c")]
 GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
                   for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]
+
+RUNNER_SOURCE = "to_run_on_guest/runner.c"
+GUEST_IMAGE_SOURCES = [REPO_DIR / "to_run_on_guest" / "image" / name for name in ("init", "syslinux.cfg")]
 
 QEMU_SOURCE_DIR = BUILD_DIR / "qemu-src"
 QEMU_USER_BUILD_DIR = BUILD_DIR / "qemu-user-build"
@@ -214,13 +223,13 @@ def out_of_date(target, sources):
     return any(Path(s).stat().st_mtime > target.stat().st_mtime for s in sources)
 
 
-def compile_c(output, source, flags, headers=()):
+def compile_c(output, source, flags, headers=(), libs=()):
     output = Path(output)
     sources = [REPO_DIR / source, *[REPO_DIR / h for h in headers]]
     if not out_of_date(output, sources):
         return False
     output.parent.mkdir(parents=True, exist_ok=True)
-    run(["gcc", *CFLAGS, *flags, "-o", str(output), str(REPO_DIR / source)])
+    run(["gcc", *CFLAGS, *flags, "-o", str(output), str(REPO_DIR / source), *libs])
     return True
 
 
@@ -249,6 +258,43 @@ def build_guest_programs():
     for name, source in GUEST_PROGRAMS:
         compile_c(GUEST_PROGRAMS_DIR / name, source, ["-static", "-O1"])
     step(f"guest programs: {', '.join(n for n, _ in GUEST_PROGRAMS)}")
+    built = compile_c(GUEST_RUNNER, RUNNER_SOURCE, [f"-I{REPO_DIR / 'to_run_on_guest'}", "-static"],
+                      ["to_run_on_guest/guest_channel.h"], libs=["-lz"])
+    step(f"guest runner: {'compiled' if built else 'up to date'}")
+
+
+def guest_image_up_to_date(qemu_version):
+    sidecar = MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)
+    if not DEFAULT_GUEST_IMAGE.exists() or not sidecar.exists():
+        return False
+    if out_of_date(DEFAULT_GUEST_IMAGE, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES]):
+        return False
+    saved = json.loads(sidecar.read_text())
+    return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT
+
+
+def build_guest_image(qemu_version, remake=False):
+    """The built-in image with its snapshot; made in a temporary name, then moved into place."""
+    if not remake and guest_image_up_to_date(qemu_version):
+        step(f"guest image: up to date ({DEFAULT_GUEST_IMAGE})")
+        return
+    GUEST_IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    fresh = GUEST_IMAGE_DIR / "making.qcow2"
+    fresh_sidecar = MachineProfile.sidecar_path(fresh)
+    try:
+        build_disk_image(DEFAULT_QEMU_DIR / "qemu-img", GUEST_RUNNER, fresh,
+                         lambda message: step(f"guest image: {message}"))
+        step(f"guest image: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r} "
+             f"({DEFAULT_GUEST_RAM_MB} MiB RAM)")
+        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
+                            virtio_serial=True)
+        fresh.rename(DEFAULT_GUEST_IMAGE)
+        fresh_sidecar.rename(MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE))
+    finally:
+        fresh.unlink(missing_ok=True)
+        fresh_sidecar.unlink(missing_ok=True)
+    size_mb = DEFAULT_GUEST_IMAGE.stat().st_size / 1e6
+    step(f"guest image: {DEFAULT_GUEST_IMAGE} ({size_mb:.0f} MB)")
 
 
 def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
@@ -267,7 +313,7 @@ def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
     step(f"qemu_with_GMBEOO: {DEFAULT_QEMU_DIR}")
 
 
-def build_everything():
+def build_everything(remake_guest_image=False):
     install_debian_packages()
     qemu_version = check_qemu_version()
     install_python_packages()
@@ -277,6 +323,7 @@ def build_everything():
     build_analysis_tools()
     build_guest_programs()
     lay_out_qemu_dir(qemu_user, qemu_version, tree)
+    build_guest_image(qemu_version, remake_guest_image)
 
 
 def run_tests(pytest_args):

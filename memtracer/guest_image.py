@@ -1,0 +1,120 @@
+"""The built-in guest image, made from Debian packages with no manual step and no root-only tools
+(no loop mounts): Debian's cloud kernel, a busybox initramfs whose init runs the guest runner, a
+FAT file system filled with mtools and made bootable with syslinux, converted to qcow2, booted
+once and saved with `savevm` (see snapshot.py)."""
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .errors import BuildError
+from .layout import GUEST_IMAGE_DIR, REPO_DIR
+
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+# virtio-serial is modular in the cloud kernel; busybox insmod loads these in this order.
+VIRTIO_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+                  "virtio_pci", "virtio_console"]
+FAT_SIZE_KIB = 48 * 1024
+IMAGE_FILES = REPO_DIR / "to_run_on_guest" / "image"
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", **kwargs)
+    if result.returncode != 0:
+        raise BuildError(f"`{' '.join(map(str, command))}` failed (exit code {result.returncode}): "
+                         + " | ".join(result.stdout.strip().splitlines()[-5:]))
+    return result.stdout
+
+
+# ----------------------------------------------------------------- Debian packages, unpacked
+
+def download_package(name, directory):
+    """`apt-get download` into directory (no install, no root); returns the .deb."""
+    run(["apt-get", "download", "-q", name], cwd=directory)
+    debs = sorted(Path(directory).glob(f"{name}_*.deb"))
+    if not debs:
+        raise BuildError(f"apt-get download {name} gave no .deb")
+    return debs[-1]
+
+
+def unpack_kernel(work):
+    """The cloud kernel's vmlinuz and the virtio modules; the metapackage names the real package."""
+    meta = download_package(KERNEL_PACKAGE, work)
+    depends = run(["dpkg-deb", "-f", str(meta), "Depends"])
+    package = next(d.split()[0] for d in depends.split(",") if d.strip().startswith("linux-image-"))
+    deb = download_package(package, work)
+    root = work / "kernel"
+    run(["dpkg-deb", "-x", str(deb), str(root)])
+    vmlinuz = next(root.glob("boot/vmlinuz-*"))
+    modules = {}
+    for name in VIRTIO_MODULES:
+        found = list(root.glob(f"lib/modules/*/kernel/**/{name}.ko"))
+        if not found:
+            raise BuildError(f"{deb.name} has no {name}.ko (is it still a module in this kernel?)")
+        modules[name] = found[0]
+    return package, vmlinuz, modules
+
+
+def unpack_busybox(work):
+    deb = download_package(BUSYBOX_PACKAGE, work)
+    root = work / "busybox"
+    run(["dpkg-deb", "-x", str(deb), str(root)])
+    return root / "bin" / "busybox"
+
+
+# ----------------------------------------------------------------- initramfs
+
+def _newc_entry(name, mode, data=b"", rdev=(0, 0)):
+    """One entry of a cpio "newc" archive (what the kernel unpacks as initramfs)."""
+    name_bytes = name.encode() + b"\0"
+    fields = [0, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_bytes), 0]
+    header = b"070701" + b"".join(b"%08X" % f for f in fields)
+    pad = lambda n: b"\0" * (-n % 4)
+    return header + name_bytes + pad(len(header) + len(name_bytes)) + data + pad(len(data))
+
+
+def make_initramfs(busybox, runner, modules):
+    """gzip'd newc cpio, written in Python so /dev/console can be a device node without root."""
+    entries = [_newc_entry(d, stat.S_IFDIR | 0o755)
+               for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
+    entries.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    entries.append(_newc_entry("init", stat.S_IFREG | 0o755, (IMAGE_FILES / "init").read_bytes()))
+    entries.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()))
+    entries.append(_newc_entry("bin/runner", stat.S_IFREG | 0o755, Path(runner).read_bytes()))
+    for name, path in modules.items():
+        entries.append(_newc_entry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, path.read_bytes()))
+    entries.append(_newc_entry("TRAILER!!!", 0))
+    return gzip.compress(b"".join(entries), 6, mtime=0)
+
+
+# ----------------------------------------------------------------- the bootable disk
+
+def make_boot_disk(raw_path, vmlinuz, initrd_bytes, work):
+    """A FAT file system in a file, filled by mtools and made bootable by syslinux (mtools-based)."""
+    initrd = work / "initrd.gz"
+    initrd.write_bytes(initrd_bytes)
+    run(["mkfs.fat", "-C", "-n", "MEMTRACER", str(raw_path), str(FAT_SIZE_KIB)])
+    run(["syslinux", "--install", str(raw_path)])
+    shutil.copy(vmlinuz, work / "vmlinuz")
+    shutil.copy(IMAGE_FILES / "syslinux.cfg", work / "syslinux.cfg")
+    run(["mcopy", "-i", str(raw_path), str(work / "vmlinuz"), str(initrd), str(work / "syslinux.cfg"), "::"])
+
+
+def build_disk_image(qemu_img, runner, destination, progress):
+    """Makes destination (qcow2, not yet snapshotted); returns the kernel package's name."""
+    with tempfile.TemporaryDirectory(prefix="memory_tracer-image-", dir=GUEST_IMAGE_DIR) as tmp:
+        work = Path(tmp)
+        progress("downloading the cloud kernel and busybox-static (apt-get download)")
+        kernel_package, vmlinuz, modules = unpack_kernel(work)
+        busybox = unpack_busybox(work)
+        progress(f"making the initramfs and the boot disk ({kernel_package})")
+        initrd = make_initramfs(busybox, runner, modules)
+        raw = work / "disk.raw"
+        make_boot_disk(raw, vmlinuz, initrd, work)
+        run([str(qemu_img), "convert", "-f", "raw", "-O", "qcow2", str(raw), str(destination)])
+    return kernel_package

@@ -1,0 +1,246 @@
+"""QEMU full-system: the one command line used both to save a snapshot and to load it, and the
+running machine, controlled through QMP on a unix socket in the run's private directory.
+
+loadvm fails unless RAM size, machine type, default devices and -smp match what savevm saw, so
+both go through `qemu_command`, and what an image was saved with is written beside it
+(`<image>.memory_tracer.json`, see MachineProfile).
+"""
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import BadInputError, QemuError
+
+log = logging.getLogger(__name__)
+
+PINNED_MACHINE = "pc-i440fx-10.0"   # `-machine pc` follows the QEMU version; a snapshot does not
+VIRTIO_PORT_NAME = "org.memory_tracer.0"
+QMP_TIMEOUT_SECONDS = 60
+SHUTDOWN_TIMEOUT_SECONDS = 10
+
+
+@dataclass
+class MachineProfile:
+    """What must be the same when saving and loading a snapshot."""
+    ram_mb: int = 2560
+    machine: str = "pc"
+    smp: int = 1
+    virtio_serial: bool = False           # the runner's fast port (the built-in image has it)
+    qemu_version: str = None              # what saved the snapshot, for the error messages
+    snapshot: str = None
+
+    @staticmethod
+    def sidecar_path(image_path):
+        return Path(str(image_path) + ".memory_tracer.json")
+
+    @classmethod
+    def for_image(cls, image_path, ram_mb):
+        """The profile written beside the image, or the original's defaults for an image without one."""
+        sidecar = cls.sidecar_path(image_path)
+        if not sidecar.exists():
+            return cls(ram_mb=ram_mb)
+        try:
+            saved = json.loads(sidecar.read_text())
+            profile = cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError) as exc:
+            raise BadInputError(f"{sidecar} is not a memory_tracer image description ({exc}); "
+                                "remove it or remake the image.") from None
+        if profile.ram_mb != ram_mb:
+            raise BadInputError(f"guest_RAM_in_MBs must be the RAM size the snapshot was saved with, "
+                                f"{profile.ram_mb} (see {sidecar}), but {ram_mb} isn't.")
+        return profile
+
+    def save_beside(self, image_path, command):
+        data = asdict(self)
+        data["command"] = command
+        self.sidecar_path(image_path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+@dataclass
+class MachinePaths:
+    """The sockets of one QEMU, all in one private 0700 directory."""
+    directory: str
+
+    qmp = property(lambda self: os.path.join(self.directory, "qmp.sock"))
+    monitor = property(lambda self: os.path.join(self.directory, "monitor.sock"))
+    serial = property(lambda self: os.path.join(self.directory, "serial.sock"))
+    virtio_port = property(lambda self: os.path.join(self.directory, "virtio-port.sock"))
+    log = property(lambda self: os.path.join(self.directory, "qemu.log"))
+
+
+def _socket_chardev(name, path):
+    return ["-chardev", f"socket,id={name},path={path},server=on,wait=off"]
+
+
+def qemu_command(qemu_binary, image_path, profile, paths, loadvm=None, plugin=None, graphic=False):
+    """The command line for savevm and loadvm alike: only `loadvm`, `plugin` and `graphic` vary,
+    none of which is part of the saved state."""
+    command = [str(qemu_binary),
+               "-machine", profile.machine, "-m", str(profile.ram_mb), "-smp", str(profile.smp),
+               # -hda, spelled out: the image keeps its internal snapshots only as a writable qcow2
+               "-drive", f"file={image_path},format=qcow2,if=ide,index=0,media=disk",
+               *_socket_chardev("mt_serial", paths.serial), "-serial", "chardev:mt_serial",
+               *_socket_chardev("mt_qmp", paths.qmp), "-mon", "chardev=mt_qmp,mode=control",
+               *_socket_chardev("mt_monitor", paths.monitor), "-mon", "chardev=mt_monitor,mode=readline"]
+    if profile.virtio_serial:
+        command += ["-device", "virtio-serial-pci,id=mt_virtio_serial",
+                    *_socket_chardev("mt_port", paths.virtio_port),
+                    "-device", f"virtserialport,bus=mt_virtio_serial.0,chardev=mt_port,name={VIRTIO_PORT_NAME}"]
+    if not graphic:
+        command += ["-display", "none"]
+    if plugin is not None:
+        command += ["-plugin", plugin]
+    if loadvm is not None:
+        command += ["-loadvm", loadvm]
+    return command
+
+
+# What QEMU says when loadvm cannot work, and what the user should do about it.
+LOAD_ERRORS = [
+    (r"Size mismatch: pc\.ram|Length mismatch: pc\.ram",
+     "the snapshot {snapshot!r} was saved with another RAM size; pass --guest_RAM_in_MBs with "
+     "the size it was saved with"),
+    (r"Snapshot '.*' does not exist|Could not find snapshot|snapshot .* not found",
+     "snapshot_name {snapshot!r} is not a snapshot of {image} (list them with `qemu-img snapshot -l`)"),
+    (r"Failed to get .* lock|Is another process using the image",
+     "{image} is in use by another QEMU (another memory_tracer run?); wait for it to end, or pass "
+     "--run_on_private_copy to run on a private copy of the image"),
+    (r"Unknown ramblock|Unknown savevm section|Missing section footer|error while loading state|"
+     r"Machine type received is|load of migration failed",
+     "the snapshot {snapshot!r} was saved with another QEMU configuration (machine type, devices "
+     "or -smp){saved_with}; remake it with this QEMU (for the built-in image: `python3 build.py "
+     "--remake_guest_image`)"),
+    (r"Image is not in qcow2 format|Could not open|not in qcow2 format|Invalid argument",
+     "guest_image_path {image} cannot be opened as a qcow2 image"),
+]
+
+
+def explain_qemu_failure(log_text, image, snapshot, profile):
+    saved_with = f" (it was saved by QEMU {profile.qemu_version} with -machine {profile.machine})" \
+        if profile.qemu_version else ""
+    for pattern, message in LOAD_ERRORS:
+        if re.search(pattern, log_text):
+            return message.format(image=image, snapshot=snapshot, saved_with=saved_with)
+    return None
+
+
+class QemuMachine:
+    """A running qemu-system-x86_64, driven through QMP."""
+
+    def __init__(self, command, paths, image, snapshot, profile):
+        self.command = command
+        self.paths = paths
+        self.image = image
+        self.snapshot = snapshot
+        self.profile = profile
+        self.process = None
+        self.qmp = None
+        self._log = None
+
+    def start(self):
+        log.debug("QEMU: %s", " ".join(self.command))
+        self._log = open(self.paths.log, "wb")
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.qmp = self._connect_qmp()
+
+    def is_alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self):
+        try:
+            return Path(self.paths.log).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def failure(self, what):
+        """A QemuError for QEMU having ended, with the reason in the user's terms when known."""
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        text = self.log_text()
+        explained = explain_qemu_failure(text, self.image, self.snapshot, self.profile)
+        if explained:
+            return QemuError(explained)
+        return QemuError(f"QEMU {what}", self.command, self.process and self.process.returncode, text)
+
+    def _connect_qmp(self):
+        """Connect once QEMU listens; the greeting comes once -loadvm is done."""
+        deadline = time.monotonic() + QMP_TIMEOUT_SECONDS
+        while not os.path.exists(self.paths.qmp):
+            if not self.is_alive():
+                raise self.failure("ended while starting") from None
+            if time.monotonic() > deadline:
+                raise QemuError(f"QEMU did not open its QMP socket within {QMP_TIMEOUT_SECONDS} s",
+                                self.command, None, self.log_text())
+            time.sleep(0.01)
+        while True:
+            qmp = QEMUMonitorProtocol(self.paths.qmp)
+            try:
+                qmp.connect(negotiate=True)
+                qmp.settimeout(QMP_TIMEOUT_SECONDS)
+                return qmp
+            except (OSError, QMPError) as exc:
+                qmp.close()
+                if not self.is_alive():
+                    raise self.failure("ended while starting") from None
+                if time.monotonic() > deadline:
+                    raise QemuError(f"QEMU's QMP socket did not answer within {QMP_TIMEOUT_SECONDS} s "
+                                    f"({exc})", self.command, None, self.log_text()) from None
+                time.sleep(0.02)
+
+    def command_qmp(self, name, **arguments):
+        try:
+            return self.qmp.cmd(name, **arguments)
+        except (OSError, QMPError, EOFError) as exc:
+            if not self.is_alive():
+                raise self.failure(f"ended during {name}") from None
+            raise QemuError(f"QMP {name} failed: {exc}", self.command, None, self.log_text()) from None
+
+    def pause(self):
+        self.command_qmp("stop")
+
+    def resume(self):
+        self.command_qmp("cont")
+
+    def human_command(self, line):
+        return self.command_qmp("human-monitor-command", **{"command-line": line})
+
+    def save_snapshot(self, name):
+        """savevm through the human monitor: QMP's snapshot-save job needs node names."""
+        output = self.human_command(f"savevm {name}")
+        if output.strip():
+            raise QemuError(f"savevm {name} failed: {output.strip()}")
+
+    def shut_down(self):
+        """Quit cleanly (QEMU flushes the image and the plugin its trace); kill if it hangs."""
+        if self.process is None:
+            return
+        if self.is_alive() and self.qmp is not None:
+            try:
+                self.qmp.cmd("quit")
+            except (OSError, QMPError, EOFError):
+                pass
+        try:
+            self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.debug("QEMU did not quit within %d s: killing it", SHUTDOWN_TIMEOUT_SECONDS)
+            self.process.kill()
+            self.process.wait()
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except (OSError, QMPError, EOFError):
+                pass   # QEMU closed its end first
+            self.qmp = None
+        self._log.close()

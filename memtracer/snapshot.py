@@ -1,0 +1,103 @@
+"""Make a guest image ready for memory_tracer: boot it with memory_tracer's own QEMU command line,
+wait until the guest runner answers, and `savevm` (what the original's step 6 did by hand).
+
+build.py uses this for the built-in image; for an image of your own (with the runner set to start
+at boot, see the README):
+
+    python3 -m memtracer.snapshot IMAGE [--snapshot_name NAME] [--guest_RAM_in_MBs N] [--virtio_serial]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from .errors import MemoryTracerError, QemuError
+from .guest_channel import GuestChannel
+from .layout import DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir
+from .qemu_machine import PINNED_MACHINE, MachinePaths, MachineProfile, QemuMachine, qemu_command
+
+BOOT_TIMEOUT_SECONDS = 300
+SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised
+
+
+def qemu_version(qemu_binary):
+    import subprocess
+    first = subprocess.run([str(qemu_binary), "--version"], stdout=subprocess.PIPE, text=True).stdout
+    return first.split("version ")[1].split()[0] if "version " in first else "unknown"
+
+
+def wait_for_runner(machine, channel, deadline, progress):
+    started = time.monotonic()
+    while not channel.ping(timeout=0.5):
+        if not machine.is_alive():
+            raise machine.failure("ended while the guest booted")
+        if time.monotonic() > deadline:
+            raise QemuError(f"the guest runner did not answer on the {channel.name} within "
+                            f"{deadline - started:.0f} s of booting", machine.command, None, machine.log_text())
+        progress(f"booting the guest ({time.monotonic() - started:.0f} s)")
+
+
+def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ram_mb=DEFAULT_GUEST_RAM_MB,
+                        virtio_serial=False, machine=PINNED_MACHINE, progress=lambda message: None,
+                        boot_timeout=BOOT_TIMEOUT_SECONDS):
+    """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
+    profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial,
+                             qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
+    with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir:
+        os.chmod(private_dir, 0o700)
+        paths = MachinePaths(private_dir)
+        command = qemu_command(qemu_dir.qemu_system, os.path.abspath(image_path), profile, paths)
+        machine = QemuMachine(command, paths, image_path, snapshot_name, profile)
+        channels = [GuestChannel(paths.serial, "serial port")]
+        if virtio_serial:
+            channels.append(GuestChannel(paths.virtio_port, "virtio-serial port"))
+        try:
+            machine.start()
+            deadline = time.monotonic() + boot_timeout
+            for channel in channels:
+                channel.connect(machine.is_alive, boot_timeout)
+                wait_for_runner(machine, channel, deadline, progress)
+            time.sleep(SETTLE_SECONDS)
+            progress(f"saving the snapshot {snapshot_name!r}")
+            machine.save_snapshot(snapshot_name)
+        finally:
+            for channel in channels:
+                channel.close()
+            machine.shut_down()
+    profile.save_beside(image_path, [str(a).replace(private_dir, "<private dir>")
+                                     .replace(os.path.abspath(image_path), "<image>") for a in command])
+    return profile
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m memtracer.snapshot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", help="qcow2 image whose guest starts the runner at boot")
+    parser.add_argument("--snapshot_name", default=DEFAULT_SNAPSHOT)
+    parser.add_argument("--guest_RAM_in_MBs", type=int, default=DEFAULT_GUEST_RAM_MB)
+    parser.add_argument("--virtio_serial", action="store_true",
+                        help="give the guest the virtio-serial port org.memory_tracer.0 (fast transfers)")
+    parser.add_argument("--qemu_with_GMBEOO_path", default=str(DEFAULT_QEMU_DIR))
+    parser.add_argument("--boot_timeout", type=float, default=BOOT_TIMEOUT_SECONDS)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.image):
+        print(f"image must be a file path, but {args.image} isn't.", file=sys.stderr)
+        return 1
+    try:
+        qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system")
+        save_ready_snapshot(args.image, qemu_dir, args.snapshot_name, args.guest_RAM_in_MBs,
+                            args.virtio_serial, progress=lambda m: print(m, file=sys.stderr),
+                            boot_timeout=args.boot_timeout)
+    except MemoryTracerError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
+    print(f"saved snapshot {args.snapshot_name!r} in {args.image}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""A full-system run: load the snapshot, hand the workload to the guest runner, open the trace window
+exactly where the workload says, deliver every record, and shut QEMU down.
+
+The window: the workload (or the runner, for a wrapped one) prints `Ready to trace`; the VM is
+paused (QMP `stop`) while the plugin is enabled, resumed, and then Enter is delivered. At `Stop
+tracing` (or at --timeout) the VM is paused again while the plugin stops and flushes.
+"""
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from .consumer import ToolConsumer, UserFifoConsumer
+from .errors import BadInputError, QemuError
+from .guest_channel import GuestChannel
+from .host_run import RunResult
+from .monitor import hand_over_monitor
+from .plugin_control import ControlChannel
+from .progress import Progress
+from .qemu_machine import MachinePaths, MachineProfile, QemuMachine, qemu_command
+from .workload import ProtocolSession, describe_exit_status
+
+log = logging.getLogger(__name__)
+
+RUNNER_ANSWER_TIMEOUT_SECONDS = 30
+CONTROL_CONNECT_TIMEOUT_SECONDS = 30
+REQUEST_TIMEOUT_SECONDS = 30
+SERIAL_BYTES_PER_SECOND = 20_000   # pessimistic, for the transfer's timeout only
+FINISH_GRACE_SECONDS = 10          # after `Stop tracing`, for the workload to exit by itself
+GUEST_INFO_TIMEOUT_SECONDS = 600   # from starting the workload to its `Ready to trace`
+
+
+@dataclass
+class GuestTarget:
+    """Where the workload runs: an image, its snapshot, and how QEMU must be started for it."""
+    image_path: str
+    snapshot: str
+    ram_mb: int
+    workload_path_on_host: str = None
+    workload_path_on_guest: str = None
+    workload_args: tuple = ()
+    graphic: bool = False
+    keep_qemu: bool = False
+    private_copy: bool = False
+
+
+def check_image(qemu_img, image_path, snapshot):
+    """Fail fast, in the user's terms, on an image that is not qcow2 or lacks the snapshot."""
+    result = subprocess.run([str(qemu_img), "info", "-U", "--output=json", image_path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unreadable"
+        raise BadInputError(f"guest_image_path must be a qcow2 image, but {image_path} isn't ({reason}).")
+    info = json.loads(result.stdout)
+    if info.get("format") != "qcow2":
+        raise BadInputError(f"guest_image_path must be a qcow2 image, but {image_path} is {info.get('format')}.")
+    snapshots = [s for s in info.get("snapshots", []) if s.get("vm-state-size", 0) > 0]
+    names = [s["name"] for s in snapshots]
+    if snapshot not in names:
+        have = ", ".join(names) if names else "none"
+        raise BadInputError(f"snapshot_name must be a snapshot (with VM state) of {image_path}, but "
+                            f"{snapshot} isn't (its snapshots: {have}).")
+
+
+class SystemRun:
+    """Use as a context manager: everything it starts is stopped and removed on exit."""
+
+    def __init__(self, request, qemu_dir, target):
+        self.request = request
+        self.qemu_dir = qemu_dir
+        self.target = target
+        self.result = RunResult()
+        self.progress = Progress(request.verbose)
+        self._cleanup = ExitStack()
+        self.paths = None
+        self.machine = None
+        self.channel = None
+        self.consumer = None
+        self.control = None
+        self.process = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.progress.stop()
+        self._cleanup.close()
+        return False
+
+    # ------------------------------------------------------------------ the run
+
+    def trace(self):
+        self._prepare()
+        self._start_qemu()
+        self.channel = self._reach_runner()
+        workload_path = self._place_workload()
+        self.process = self.channel.run([workload_path, *self.target.workload_args],
+                                        wrap=not self.request.follow_protocol, timeout=REQUEST_TIMEOUT_SECONDS)
+        self._cleanup.callback(self.process.close)
+        session = ProtocolSession(self.process)
+        self.progress.phase("waiting for the workload's `Ready to trace`")
+        self.result.workload_info = session.read_info()
+        if self.consumer is not None:
+            self.progress.phase("starting the analysis tool" if self.request.analysis_tool_path
+                                else "waiting for the reader of trace_fifo_path")
+            self.consumer.start(info_words=self.result.workload_info.split())
+        self._open_window()
+        start = time.monotonic()
+        session.release()
+        self.progress.phase("the workload runs" + (" (traced)" if self.request.traced else ""))
+        stopped = self._wait_for_stop(session)
+        self.result.duration_ms = int((time.monotonic() - start) * 1000)
+        self._close_window()
+        if not stopped:
+            self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
+            self.process.kill_workload()
+        if self.consumer is not None:
+            self.progress.phase("delivering the last records and collecting the analysis output")
+            self.result.analysis_output = self.consumer.finish()
+        self._finish_workload(session, stopped)
+        self.progress.stop()
+        return self.result
+
+    def hand_over(self):
+        """--dont_exit_qemu_when_done: the user gets QEMU's monitor until they quit it."""
+        hand_over_monitor(self.paths.monitor, self.machine)
+
+    # ------------------------------------------------------------------ steps
+
+    def _prepare(self):
+        private_dir = self._cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
+        os.chmod(private_dir, 0o700)
+        self.paths = MachinePaths(private_dir)
+        self.image = self.target.image_path
+        check_image(self.qemu_dir.qemu_img, self.image, self.target.snapshot)
+        self.profile = MachineProfile.for_image(self.image, self.target.ram_mb)
+        if self.target.private_copy:
+            self.progress.phase("copying the image for a private run")
+            self.image = os.path.join(private_dir, os.path.basename(self.image))
+            shutil.copyfile(self.target.image_path, self.image)
+        if self.request.traced:
+            self.consumer = self._make_consumer(private_dir)
+            self._cleanup.callback(self.consumer.close)
+
+    def _make_consumer(self, private_dir):
+        if self.request.analysis_tool_path:
+            return ToolConsumer(self.request.analysis_tool_path, private_dir, self.request.verbose)
+        return UserFifoConsumer(self.request.trace_fifo_path)
+
+    def _plugin_argument(self):
+        if not self.request.traced:
+            return None   # untraced runs measure QEMU itself, without the plugin loaded
+        directory = self.paths.directory
+        return ",".join([str(self.qemu_dir.plugin),
+                         f"trace_fifo_path={self.consumer.fifo.path}",
+                         f"control_socket_path={os.path.join(directory, 'control.sock')}",
+                         "enabled=off", *self.request.settings.plugin_args()])
+
+    def _start_qemu(self):
+        command = qemu_command(self.qemu_dir.qemu_system, os.path.abspath(self.image), self.profile,
+                               self.paths, loadvm=self.target.snapshot, plugin=self._plugin_argument(),
+                               graphic=self.target.graphic)
+        self.machine = QemuMachine(command, self.paths, self.target.image_path, self.target.snapshot, self.profile)
+        self._cleanup.callback(self.machine.shut_down)
+        self.progress.phase(f"loading the snapshot {self.target.snapshot!r}")
+        started = time.monotonic()
+        self.machine.start()
+        log.debug("loadvm took %.2f s", time.monotonic() - started)
+        if self.request.traced:
+            self.control = ControlChannel(os.path.join(self.paths.directory, "control.sock"))
+            self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
+            self._cleanup.callback(self.control.close)
+
+    def _reach_runner(self):
+        """The fastest port whose runner answers: virtio-serial when the image has it, else serial."""
+        ports = [(self.paths.serial, "serial port")]
+        if self.profile.virtio_serial:
+            ports.insert(0, (self.paths.virtio_port, "virtio-serial port"))
+        started = time.monotonic()
+        for socket_path, name in ports:
+            channel = GuestChannel(socket_path, name)
+            self._cleanup.callback(channel.close)
+            channel.connect(self.machine.is_alive, RUNNER_ANSWER_TIMEOUT_SECONDS)
+            deadline = time.monotonic() + (5 if name != ports[-1][1] else RUNNER_ANSWER_TIMEOUT_SECONDS)
+            while time.monotonic() < deadline:
+                if channel.ping(timeout=0.2):
+                    log.debug("the runner answered on the %s %.2f s after loadvm", name, time.monotonic() - started)
+                    return channel
+                if not self.machine.is_alive():
+                    raise self.machine.failure("ended after loading the snapshot")
+            log.debug("no answer on the %s", name)
+        raise QemuError(f"the guest runner did not answer within {RUNNER_ANSWER_TIMEOUT_SECONDS} s of loading "
+                        f"the snapshot {self.target.snapshot!r}: is the runner running in that snapshot? "
+                        "(see the README: preparing your own image)")
+
+    def _place_workload(self):
+        if self.target.workload_path_on_guest is not None:
+            return self.target.workload_path_on_guest
+        with open(self.target.workload_path_on_host, "rb") as f:
+            data = f.read()
+        serial = self.channel.name == "serial port"
+        size_kb = len(data) / 1000
+        self.progress.phase(f"sending the workload ({size_kb:.0f} KB) over the {self.channel.name}")
+        started = time.monotonic()
+
+        def show(sent, total):
+            self.progress.update(f"sending the workload over the {self.channel.name}: "
+                                 f"{100 * sent // max(total, 1)}% of {total / 1000:.0f} KB")
+        timeout = REQUEST_TIMEOUT_SECONDS + len(data) / SERIAL_BYTES_PER_SECOND
+        path = self.channel.send_workload(data, compress=serial, timeout=timeout, progress=show)
+        log.debug("sent %d bytes over the %s in %.3f s", len(data), self.channel.name, time.monotonic() - started)
+        return path
+
+    def _open_window(self):
+        if self.control is None:
+            return
+        self.machine.pause()
+        try:
+            self.control.enable(self.consumer.check)
+        finally:
+            self.machine.resume()
+
+    def _wait_for_stop(self, session):
+        """Wait for `Stop tracing`, keeping an eye on the consumer; False when --timeout passed."""
+        deadline = None if self.request.timeout is None else time.monotonic() + self.request.timeout
+        while True:
+            if session.wait_for_stop(timeout=0.2):
+                return True
+            if self.consumer is not None:
+                self.consumer.check()
+            if not self.machine.is_alive():
+                raise self.machine.failure("ended while the workload ran")
+            self.progress.update(f"the workload runs{' (traced)' if self.request.traced else ''}: "
+                                 f"{self.progress.elapsed():.0f} s")
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def _close_window(self):
+        if self.control is None:
+            return
+        self.machine.pause()
+        try:
+            self.control.disable()
+            self.control.flush(self.consumer.check)
+            self.result.counters = self.control.counters()
+        finally:
+            self.machine.resume()
+
+    def _finish_workload(self, session, stopped):
+        session.finish(FINISH_GRACE_SECONDS)
+        if stopped and (self.process.exitstatus or self.process.signalstatus):
+            status = describe_exit_status(self.process.exitstatus, self.process.signalstatus)
+            self.result.workload_problem = f"the workload ended with {status}."
