@@ -3,7 +3,6 @@
 FAT file system filled with mtools and made bootable with syslinux, converted to qcow2, booted
 once and saved with `savevm` (see snapshot.py)."""
 import gzip
-import os
 import shutil
 import stat
 import subprocess
@@ -78,12 +77,13 @@ def _newc_entry(name, mode, data=b"", rdev=(0, 0)):
     return header + name_bytes + pad(len(header) + len(name_bytes)) + data + pad(len(data))
 
 
-def make_initramfs(busybox, runner, modules):
+def make_initramfs(busybox, runner, modules, init_text=None):
     """gzip'd newc cpio, written in Python so /dev/console can be a device node without root."""
+    init = init_text.encode() if init_text is not None else (IMAGE_FILES / "init").read_bytes()
     entries = [_newc_entry(d, stat.S_IFDIR | 0o755)
                for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
     entries.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
-    entries.append(_newc_entry("init", stat.S_IFREG | 0o755, (IMAGE_FILES / "init").read_bytes()))
+    entries.append(_newc_entry("init", stat.S_IFREG | 0o755, init))
     entries.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()))
     entries.append(_newc_entry("bin/runner", stat.S_IFREG | 0o755, Path(runner).read_bytes()))
     for name, path in modules.items():

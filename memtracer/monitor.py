@@ -23,6 +23,8 @@ def hand_over_monitor(socket_path, machine):
         tty.setraw(stdin)
     try:
         _relay(sock, stdin, sys.stdout.buffer, machine)
+    except OSError:
+        pass   # QEMU closed the monitor as it quit
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

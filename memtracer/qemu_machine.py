@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qemu.qmp import QMPError
@@ -64,35 +64,62 @@ class MachineProfile:
         self.sidecar_path(image_path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-@dataclass
 class MachinePaths:
-    """The sockets of one QEMU, all in one private 0700 directory."""
-    directory: str
+    """The sockets of one QEMU, all in one private 0700 directory.
 
-    qmp = property(lambda self: os.path.join(self.directory, "qmp.sock"))
-    monitor = property(lambda self: os.path.join(self.directory, "monitor.sock"))
-    serial = property(lambda self: os.path.join(self.directory, "serial.sock"))
-    virtio_port = property(lambda self: os.path.join(self.directory, "virtio-port.sock"))
+    A unix socket's path is limited to 107 bytes and TMPDIR may be deep, so QEMU runs in the
+    directory and names its sockets relatively; we reach them through /proc/self/fd/N/ when the
+    full path would be too long."""
+
+    MAX_SOCKET_PATH = 100
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self._dir_fd = None
+
+    def host_path(self, name):
+        full = os.path.join(self.directory, name)
+        if len(full.encode()) <= self.MAX_SOCKET_PATH:
+            return full
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._dir_fd}/{name}"
+
+    def close(self):
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    qmp = property(lambda self: self.host_path(QMP_SOCKET))
+    monitor = property(lambda self: self.host_path(MONITOR_SOCKET))
+    serial = property(lambda self: self.host_path(SERIAL_SOCKET))
+    virtio_port = property(lambda self: self.host_path(VIRTIO_PORT_SOCKET))
+    control = property(lambda self: self.host_path(CONTROL_SOCKET))
     log = property(lambda self: os.path.join(self.directory, "qemu.log"))
+
+
+# Relative to QEMU's working directory, the private directory.
+QMP_SOCKET, MONITOR_SOCKET, SERIAL_SOCKET = "qmp.sock", "monitor.sock", "serial.sock"
+VIRTIO_PORT_SOCKET, CONTROL_SOCKET = "virtio-port.sock", "control.sock"
 
 
 def _socket_chardev(name, path):
     return ["-chardev", f"socket,id={name},path={path},server=on,wait=off"]
 
 
-def qemu_command(qemu_binary, image_path, profile, paths, loadvm=None, plugin=None, graphic=False):
+def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, graphic=False):
     """The command line for savevm and loadvm alike: only `loadvm`, `plugin` and `graphic` vary,
-    none of which is part of the saved state."""
+    none of which is part of the saved state. QEMU runs in the private directory (MachinePaths)."""
     command = [str(qemu_binary),
                "-machine", profile.machine, "-m", str(profile.ram_mb), "-smp", str(profile.smp),
                # -hda, spelled out: the image keeps its internal snapshots only as a writable qcow2
                "-drive", f"file={image_path},format=qcow2,if=ide,index=0,media=disk",
-               *_socket_chardev("mt_serial", paths.serial), "-serial", "chardev:mt_serial",
-               *_socket_chardev("mt_qmp", paths.qmp), "-mon", "chardev=mt_qmp,mode=control",
-               *_socket_chardev("mt_monitor", paths.monitor), "-mon", "chardev=mt_monitor,mode=readline"]
+               *_socket_chardev("mt_serial", SERIAL_SOCKET), "-serial", "chardev:mt_serial",
+               *_socket_chardev("mt_qmp", QMP_SOCKET), "-mon", "chardev=mt_qmp,mode=control",
+               *_socket_chardev("mt_monitor", MONITOR_SOCKET), "-mon", "chardev=mt_monitor,mode=readline"]
     if profile.virtio_serial:
         command += ["-device", "virtio-serial-pci,id=mt_virtio_serial",
-                    *_socket_chardev("mt_port", paths.virtio_port),
+                    *_socket_chardev("mt_port", VIRTIO_PORT_SOCKET),
                     "-device", f"virtserialport,bus=mt_virtio_serial.0,chardev=mt_port,name={VIRTIO_PORT_NAME}"]
     if not graphic:
         command += ["-display", "none"]
@@ -149,7 +176,8 @@ class QemuMachine:
         log.debug("QEMU: %s", " ".join(self.command))
         self._log = open(self.paths.log, "wb")
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=self.paths.directory)
         self.qmp = self._connect_qmp()
 
     def is_alive(self):
@@ -244,3 +272,4 @@ class QemuMachine:
                 pass   # QEMU closed its end first
             self.qmp = None
         self._log.close()
+        self.paths.close()

@@ -47,7 +47,7 @@ def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ra
     with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir:
         os.chmod(private_dir, 0o700)
         paths = MachinePaths(private_dir)
-        command = qemu_command(qemu_dir.qemu_system, os.path.abspath(image_path), profile, paths)
+        command = qemu_command(qemu_dir.qemu_system, os.path.abspath(image_path), profile)
         machine = QemuMachine(command, paths, image_path, snapshot_name, profile)
         channels = [GuestChannel(paths.serial, "serial port")]
         if virtio_serial:
@@ -65,8 +65,7 @@ def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ra
             for channel in channels:
                 channel.close()
             machine.shut_down()
-    profile.save_beside(image_path, [str(a).replace(private_dir, "<private dir>")
-                                     .replace(os.path.abspath(image_path), "<image>") for a in command])
+    profile.save_beside(image_path, [a.replace(os.path.abspath(image_path), "<image>") for a in command])
     return profile
 
 

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -23,7 +22,7 @@ from .host_run import RunResult
 from .monitor import hand_over_monitor
 from .plugin_control import ControlChannel
 from .progress import Progress
-from .qemu_machine import MachinePaths, MachineProfile, QemuMachine, qemu_command
+from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, qemu_command
 from .workload import ProtocolSession, describe_exit_status
 
 log = logging.getLogger(__name__)
@@ -156,15 +155,14 @@ class SystemRun:
     def _plugin_argument(self):
         if not self.request.traced:
             return None   # untraced runs measure QEMU itself, without the plugin loaded
-        directory = self.paths.directory
         return ",".join([str(self.qemu_dir.plugin),
                          f"trace_fifo_path={self.consumer.fifo.path}",
-                         f"control_socket_path={os.path.join(directory, 'control.sock')}",
+                         f"control_socket_path={CONTROL_SOCKET}",   # relative to QEMU's directory
                          "enabled=off", *self.request.settings.plugin_args()])
 
     def _start_qemu(self):
         command = qemu_command(self.qemu_dir.qemu_system, os.path.abspath(self.image), self.profile,
-                               self.paths, loadvm=self.target.snapshot, plugin=self._plugin_argument(),
+                               loadvm=self.target.snapshot, plugin=self._plugin_argument(),
                                graphic=self.target.graphic)
         self.machine = QemuMachine(command, self.paths, self.target.image_path, self.target.snapshot, self.profile)
         self._cleanup.callback(self.machine.shut_down)
@@ -173,7 +171,7 @@ class SystemRun:
         self.machine.start()
         log.debug("loadvm took %.2f s", time.monotonic() - started)
         if self.request.traced:
-            self.control = ControlChannel(os.path.join(self.paths.directory, "control.sock"))
+            self.control = ControlChannel(self.paths.control)
             self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
             self._cleanup.callback(self.control.close)
 

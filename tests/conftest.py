@@ -1,10 +1,14 @@
 """Shared helpers: run the real memory_tracer.py, parse its sections, and check nothing is left behind."""
+import fcntl
 import os
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
 import pytest
+
+from memtracer.trace_fifo import F_GETPIPE_SZ
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"
@@ -12,6 +16,8 @@ TOOLS = BUILD / "analysis_tools"
 PROGRAMS = BUILD / "guest_programs"
 QEMU_DIR = BUILD / "qemu_with_GMBEOO"
 TEST_TOOLS = Path(__file__).resolve().parent / "tools"
+GUEST_IMAGE = BUILD / "guest_image" / "memory_tracer_guest.qcow2"
+SNAPSHOT = "ready_for_memory_tracer"
 
 SECTION_HEADERS = ("workload info:", "analysis output:", "trace info:")
 
@@ -19,7 +25,7 @@ SECTION_HEADERS = ("workload info:", "analysis output:", "trace info:")
 def pytest_sessionstart(session):
     # Tests never skip for a missing build: CI builds first, and a missing part is a failure.
     for part in (QEMU_DIR / "qemu-x86_64", QEMU_DIR / "libgmbeoo.so", TOOLS / "count",
-                 PROGRAMS / "known_accesses"):
+                 PROGRAMS / "known_accesses", GUEST_IMAGE):
         if not part.exists():
             pytest.exit(f"{part} is missing: run `python3 build.py` first.", returncode=1)
 
@@ -53,6 +59,36 @@ def trace_info(stdout):
     return info
 
 
+def promised_counts(stdout):
+    """known_accesses' own word: `kind=N` lines of its workload info."""
+    info = parse_sections(stdout)["workload info"].splitlines()
+    return {k: int(v) for k, _, v in (line.partition("=") for line in info) if k != "range"}
+
+
+def buffer_range(stdout):
+    line = parse_sections(stdout)["workload info"].splitlines()[0]
+    start, end = line.partition("=")[2].split("-")
+    return int(start, 16), int(end, 16)
+
+
+class FifoReader(threading.Thread):
+    """A reader of our own on a --trace_fifo_path FIFO; notes the pipe size it saw mid-stream."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.data = bytearray()
+        self.pipe_size_while_tracing = None
+
+    def run(self):
+        fd = os.open(self.path, os.O_RDONLY)
+        while chunk := os.read(fd, 1 << 20):
+            if self.pipe_size_while_tracing is None:
+                self.pipe_size_while_tracing = fcntl.fcntl(fd, F_GETPIPE_SZ)
+            self.data += chunk
+        os.close(fd)
+
+
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """A TMPDIR of the test's own: afterwards it must hold nothing memory_tracer made."""
@@ -77,3 +113,21 @@ def tracer(private_tmp):
 
 def user_mode(*args):
     return ["--user_mode", *args]
+
+
+def system(*args, image=GUEST_IMAGE):
+    """A full-system run on the built-in image."""
+    return [image, SNAPSHOT, QEMU_DIR, *args]
+
+
+def processes_mentioning(text):
+    """PIDs whose command line contains text (QEMU, tools and helpers carry the private dir in theirs)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found

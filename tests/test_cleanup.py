@@ -7,19 +7,7 @@ import time
 
 import pytest
 
-from conftest import PROGRAMS, REPO, TOOLS
-
-
-def processes_mentioning(text):
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+from conftest import PROGRAMS, REPO, TOOLS, processes_mentioning
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

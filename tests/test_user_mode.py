@@ -1,31 +1,17 @@
 """End to end in user mode: the real qemu-x86_64, the real GMBEOO plugin, real FIFOs and tools."""
-import fcntl
 import os
-import threading
 
 import numpy as np
 
-from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, parse_sections, trace_info,
-                      user_mode)
+from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, FifoReader, analysis_counts, buffer_range,
+                      parse_sections, promised_counts, trace_info, user_mode)
 from memtracer import record
-from memtracer.trace_fifo import F_GETPIPE_SZ, pipe_max_size
+from memtracer.trace_fifo import pipe_max_size
 
 COUNT = TOOLS / "count"
 KNOWN = PROGRAMS / "known_accesses"
 MEM_LOOP = PROGRAMS / "mem_loop"
 PROTOCOL = "--dont_add_communications_with_host_to_workload"
-
-
-def promised_counts(stdout):
-    """known_accesses' own word: `kind=N` lines of its workload info."""
-    info = parse_sections(stdout)["workload info"].splitlines()
-    return {k: int(v) for k, _, v in (line.partition("=") for line in info) if k != "range"}
-
-
-def buffer_range(stdout):
-    line = parse_sections(stdout)["workload info"].splitlines()[0]
-    start, end = line.partition("=")[2].split("-")
-    return int(start, 16), int(end, 16)
 
 
 def test_every_kind_of_access_is_traced_exactly(tracer):
@@ -42,24 +28,6 @@ def test_every_kind_of_access_is_traced_exactly(tracer):
     assert info["num_of_events_written_to_trace_buf"] == counts["num_of_records"]
     assert info["num_of_GMBE_events_since_enabling_GMBEOO"] == counts["num_of_records"]
     assert counts["cpl_3"] == counts["num_of_records"]
-
-
-class FifoReader(threading.Thread):
-    """A reader of our own on a --trace_fifo_path FIFO; notes the pipe size it saw mid-stream."""
-
-    def __init__(self, path):
-        super().__init__(daemon=True)
-        self.path = path
-        self.data = bytearray()
-        self.pipe_size_while_tracing = None
-
-    def run(self):
-        fd = os.open(self.path, os.O_RDONLY)
-        while chunk := os.read(fd, 1 << 20):
-            if self.pipe_size_while_tracing is None:
-                self.pipe_size_while_tracing = fcntl.fcntl(fd, F_GETPIPE_SZ)
-            self.data += chunk
-        os.close(fd)
 
 
 def test_records_through_trace_fifo_path_are_well_formed(tracer, tmp_path):

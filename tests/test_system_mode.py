@@ -1,0 +1,216 @@
+"""End to end in full-system mode: the real qemu-system-x86_64 on the built-in guest image, its
+snapshot, the guest runner, the GMBEOO plugin, real FIFOs and analysis tools."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, FifoReader,
+                      analysis_counts, buffer_range, parse_sections, processes_mentioning,
+                      promised_counts, system, trace_info)
+from memtracer import record
+
+COUNT = TOOLS / "count"
+KNOWN = PROGRAMS / "known_accesses"
+MEM_LOOP = PROGRAMS / "mem_loop"
+PROTOCOL = "--dont_add_communications_with_host_to_workload"
+# A retried instruction (after a page fault) may be seen twice; nothing else may differ.
+PAGE_FAULT_SLACK = 2
+
+
+def traced(tracer, *args):
+    run = tracer(*system(*args, "--analysis_tool_path", COUNT, "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    return run, analysis_counts(run.stdout), trace_info(run.stdout)
+
+
+def assert_known_accesses_seen(run, counts):
+    promised = promised_counts(run.stdout)
+    assert len(promised) == 13
+    for kind, n in promised.items():
+        assert n <= counts[f"range_{kind}"] <= n + PAGE_FAULT_SLACK, kind
+
+
+def test_every_access_to_the_known_buffer_is_seen_with_kernel_and_user_cpl(tracer):
+    run, counts, info = traced(tracer, "--workload_path_on_host", KNOWN, PROTOCOL)
+    assert_known_accesses_seen(run, counts)
+    # The window holds the guest kernel's work (the runner's read of Enter, the exit) too.
+    assert counts["cpl_0"] > 0 and counts["cpl_3"] > 0
+    assert counts["cpl_0"] + counts["cpl_3"] == counts["num_of_records"]
+    assert info["num_of_events_written_to_trace_buf"] == counts["num_of_records"]
+    assert info["num_of_GMBE_events_since_enabling_GMBEOO"] == counts["num_of_records"]
+    assert "num_of_dropped_events" not in info and "num_of_missing_events" not in info
+
+
+def test_cpl3_filter_leaves_no_kernel_record(tracer):
+    run, counts, info = traced(tracer, "--workload_path_on_host", KNOWN, PROTOCOL, "--trace_only_CPL3_code_GMBE")
+    assert_known_accesses_seen(run, counts)
+    assert counts["cpl_0"] == counts["cpl_1"] == counts["cpl_2"] == 0
+    assert counts["cpl_3"] == counts["num_of_records"] == info["num_of_GMBE_events_since_enabling_GMBEOO"]
+
+
+def test_sampling_edge_cases_are_exact(tracer):
+    for block, ratio, expected in ((0, 64, 1), (3, 61, 8)):
+        _, counts, info = traced(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1",
+                                 "--log_of_GMBE_block_len", block, "--log_of_GMBE_tracing_ratio", ratio)
+        assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"] == expected
+        assert info["num_of_GMBE_events_since_enabling_GMBEOO"] > 10000
+
+
+def test_sampling_one_block_in_sixteen(tracer):
+    _, counts, info = traced(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "256 1",
+                             "--log_of_GMBE_block_len", 3, "--log_of_GMBE_tracing_ratio", 4)
+    events = info["num_of_GMBE_events_since_enabling_GMBEOO"]
+    full, rest = divmod(events, 128)
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"] == full * 8 + min(rest, 8)
+
+
+def test_records_through_trace_fifo_path(tracer, tmp_path):
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    reader.start()
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--trace_fifo_path", fifo,
+                         "--print_trace_info"))
+    reader.join(timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "analysis output" not in parse_sections(run.stdout)
+    records = record.records_from_bytes(reader.data)
+    assert len(reader.data) == len(records) * record.RECORD_SIZE
+    assert len(records) == trace_info(run.stdout)["num_of_events_written_to_trace_buf"]
+    assert (records["valid"] == record.VALID_BYTE).all() and (records["vcpu"] == 0).all()
+    start, end = buffer_range(run.stdout)
+    inside = records[(records["virt_addr"] >= start) & (records["virt_addr"] < end)]
+    assert (record.cpls(inside) == 3).all()
+    promised = promised_counts(run.stdout)
+    assert sum(promised.values()) <= len(inside) <= sum(promised.values()) + PAGE_FAULT_SLACK
+    # Kernel addresses are in the upper half, user ones in the lower.
+    kernel = records[record.cpls(records) == 0]
+    assert len(kernel) > 0 and (kernel["virt_addr"] >= 1 << 63).mean() > 0.5
+
+
+def test_wrapped_workload_from_host_with_arguments(tracer):
+    kib = 256
+    run, counts, info = traced(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", f"{kib} 1")
+    assert "workload info" not in parse_sections(run.stdout)   # a wrapped workload has empty info
+    longs = kib * 1024 // 8
+    assert counts["stores"] >= longs and counts["loads"] >= longs * 15 // 8
+
+
+def test_workload_path_on_guest(tracer):
+    run = tracer(*system("--workload_path_on_guest", "/bin/busybox", "--workload_args", "true",
+                         "--analysis_tool_path", COUNT))
+    assert run.returncode == 0, run.stderr
+    assert analysis_counts(run.stdout)["cpl_3"] > 1000
+
+
+def test_missing_workload_on_guest_is_one_clear_line(tracer):
+    run = tracer(*system("--workload_path_on_guest", "/no/such/program", "--dont_trace"))
+    assert run.returncode == 1
+    assert run.stderr.strip() == "cannot run /no/such/program in the guest: No such file or directory"
+
+
+def test_info_words_reach_the_analysis_tool_as_argv(tracer):
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL,
+                         "--analysis_tool_path", TEST_TOOLS / "echo_args.py"))
+    assert run.returncode == 0, run.stderr
+    sections = parse_sections(run.stdout)
+    assert sections["analysis output"].split() == sections["workload info"].split()
+    assert len(sections["workload info"].split()) == 14
+
+
+def test_timeout_stops_the_workload_and_keeps_its_records(tracer):
+    run, counts, info = traced(tracer, "--workload_path_on_host", PROGRAMS / "spin_forever", "--timeout", 2)
+    assert "--timeout 2 s" in run.stderr
+    assert parse_sections(run.stdout)["tracing_duration"] >= 2000
+    assert counts["num_of_records"] > 0
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+
+
+def test_crashing_workload_is_reported_after_its_trace(tracer):
+    run = tracer(*system("--workload_path_on_host", PROGRAMS / "crash_after_work", "--analysis_tool_path", COUNT))
+    assert run.returncode == 3
+    assert "killed by SIGSEGV" in run.stderr
+    assert analysis_counts(run.stdout)["stores"] >= 4096
+
+
+def test_untraced_run_prints_info_and_duration_only(tracer):
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--dont_trace", "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    assert set(parse_sections(run.stdout)) == {"workload info", "tracing_duration"}
+    assert promised_counts(run.stdout)["store_8_unsigned"] == 111
+
+
+def image_fingerprint(image):
+    snapshots = subprocess.run([QEMU_DIR / "qemu-img", "snapshot", "-l", "-U", image],
+                               stdout=subprocess.PIPE, text=True, check=True).stdout
+    return hashlib.sha256(image.read_bytes()).hexdigest(), snapshots
+
+
+def test_ten_runs_in_a_row_leave_the_image_unchanged(tracer, private_tmp):
+    before = image_fingerprint(GUEST_IMAGE)
+    for i in range(10):
+        run, counts, _ = traced(tracer, "--workload_path_on_host", KNOWN, PROTOCOL)
+        assert_known_accesses_seen(run, counts)
+    assert image_fingerprint(GUEST_IMAGE) == before
+    assert processes_mentioning("qemu-system-x86_64") == []
+
+
+def test_a_second_run_on_the_same_image_is_refused_or_private(tracer, private_tmp):
+    """QEMU's image lock turns a concurrent run away with advice; --run_on_private_copy runs it."""
+    first = subprocess.Popen([sys.executable, REPO / "memory_tracer.py",
+                              *map(str, system("--workload_path_on_host", PROGRAMS / "spin_forever",
+                                               "--timeout", 20, "--dont_trace"))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, TMPDIR=str(private_tmp)))
+    try:
+        while not processes_mentioning("qemu-system-x86_64"):
+            assert first.poll() is None
+        refused = tracer(*system("--workload_path_on_guest", "/bin/true", "--dont_trace"))
+        assert refused.returncode == 1
+        assert "is in use by another QEMU" in refused.stderr and "--run_on_private_copy" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        private = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--run_on_private_copy",
+                                 "--analysis_tool_path", COUNT))
+        assert private.returncode == 0, private.stderr
+        assert analysis_counts(private.stdout)["range_store_8_unsigned"] >= 111
+    finally:
+        first.terminate()
+        first.communicate(timeout=60)
+
+
+def test_monitor_is_handed_over_with_dont_exit_qemu_when_done(tracer):
+    run = tracer(*system("--workload_path_on_guest", "/bin/true", "--dont_trace", "--dont_exit_qemu_when_done"),
+                 input="info status\nquit\n")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("tracing_duration_in_milliseconds: ")
+    assert "VM status: running" in run.stdout
+    assert processes_mentioning("qemu-system-x86_64") == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--guest_RAM_in_MBs", "1024"],
+     "guest_RAM_in_MBs must be the RAM size the snapshot was saved with, 2560 (see {sidecar}), but 1024 isn't."),
+])
+def test_ram_size_must_match_the_snapshot(tracer, args, message):
+    run = tracer(*system("--workload_path_on_guest", "/bin/true", "--dont_trace", *args))
+    assert run.returncode == 1
+    sidecar = str(GUEST_IMAGE) + ".memory_tracer.json"
+    assert run.stderr.strip() == message.format(sidecar=sidecar)
+
+
+def test_wrong_snapshot_name_is_named(tracer):
+    run = tracer(GUEST_IMAGE, "no_such_snapshot", QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace")
+    assert run.returncode == 1
+    assert run.stderr.strip() == (f"snapshot_name must be a snapshot (with VM state) of {GUEST_IMAGE}, but "
+                                  f"no_such_snapshot isn't (its snapshots: {SNAPSHOT}).")
+
+
+def test_image_that_is_not_qcow2_is_refused(tracer, tmp_path):
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\0" * 65536)
+    run = tracer(raw, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace")
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"guest_image_path must be a qcow2 image, but {raw} is raw."
