@@ -83,6 +83,7 @@ class SystemRun:
         self.consumer = None
         self.control = None
         self.process = None
+        self.timings = {}
 
     def __enter__(self):
         return self
@@ -96,12 +97,18 @@ class SystemRun:
 
     def trace(self):
         self._prepare()
+        started = time.monotonic()
         self._start_qemu()
+        self.timings["loadvm"] = time.monotonic() - started
         self.channel = self._reach_runner()
+        self.timings["runner_answered"] = time.monotonic() - started
         workload_path = self._place_workload()
         self.process = self.channel.run([workload_path, *self.target.workload_args],
                                         wrap=not self.request.follow_protocol, timeout=REQUEST_TIMEOUT_SECONDS)
         self._cleanup.callback(self.process.close)
+        self.timings["workload_started"] = time.monotonic() - started
+        log.debug("timings (s after starting QEMU): %s",
+                  " ".join(f"{k}={v:.3f}" for k, v in self.timings.items()))
         session = ProtocolSession(self.process)
         self.progress.phase("waiting for the workload's `Ready to trace`")
         self.result.workload_info = session.read_info()
@@ -167,9 +174,7 @@ class SystemRun:
         self.machine = QemuMachine(command, self.paths, self.target.image_path, self.target.snapshot, self.profile)
         self._cleanup.callback(self.machine.shut_down)
         self.progress.phase(f"loading the snapshot {self.target.snapshot!r}")
-        started = time.monotonic()
         self.machine.start()
-        log.debug("loadvm took %.2f s", time.monotonic() - started)
         if self.request.traced:
             self.control = ControlChannel(self.paths.control)
             self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
@@ -180,7 +185,6 @@ class SystemRun:
         ports = [(self.paths.serial, "serial port")]
         if self.profile.virtio_serial:
             ports.insert(0, (self.paths.virtio_port, "virtio-serial port"))
-        started = time.monotonic()
         for socket_path, name in ports:
             channel = GuestChannel(socket_path, name)
             self._cleanup.callback(channel.close)
@@ -188,7 +192,7 @@ class SystemRun:
             deadline = time.monotonic() + (5 if name != ports[-1][1] else RUNNER_ANSWER_TIMEOUT_SECONDS)
             while time.monotonic() < deadline:
                 if channel.ping(timeout=0.2):
-                    log.debug("the runner answered on the %s %.2f s after loadvm", name, time.monotonic() - started)
+                    log.debug("the runner answered on the %s", name)
                     return channel
                 if not self.machine.is_alive():
                     raise self.machine.failure("ended after loading the snapshot")
@@ -212,7 +216,8 @@ class SystemRun:
                                  f"{100 * sent // max(total, 1)}% of {total / 1000:.0f} KB")
         timeout = REQUEST_TIMEOUT_SECONDS + len(data) / SERIAL_BYTES_PER_SECOND
         path = self.channel.send_workload(data, compress=serial, timeout=timeout, progress=show)
-        log.debug("sent %d bytes over the %s in %.3f s", len(data), self.channel.name, time.monotonic() - started)
+        self.timings["transfer"] = time.monotonic() - started
+        log.debug("sent %d bytes over the %s in %.3f s", len(data), self.channel.name, self.timings["transfer"])
         return path
 
     def _open_window(self):
@@ -252,6 +257,10 @@ class SystemRun:
 
     def _finish_workload(self, session, stopped):
         session.finish(FINISH_GRACE_SECONDS)
-        if stopped and (self.process.exitstatus or self.process.signalstatus):
-            status = describe_exit_status(self.process.exitstatus, self.process.signalstatus)
-            self.result.workload_problem = f"the workload ended with {status}."
+        if not stopped:
+            return
+        if self.process.signalstatus:
+            status = describe_exit_status(None, self.process.signalstatus)
+            self.result.workload_problem = f"the workload was {status}."
+        elif self.process.exitstatus:
+            self.result.workload_problem = f"the workload exited with code {self.process.exitstatus}."
