@@ -250,15 +250,21 @@ class QemuMachine:
         if output.strip():
             raise QemuError(f"savevm {name} failed: {output.strip()}")
 
+    def _quit_through_qmp(self):
+        if self.qmp is None:
+            return False
+        try:
+            self.qmp.cmd("quit")
+        except (OSError, QMPError, EOFError):
+            pass   # QEMU may close the socket before it answers
+        return True
+
     def shut_down(self):
         """Quit cleanly (QEMU flushes the image and the plugin its trace); kill if it hangs."""
         if self.process is None:
             return
-        if self.is_alive() and self.qmp is not None:
-            try:
-                self.qmp.cmd("quit")
-            except (OSError, QMPError, EOFError):
-                pass
+        if self.is_alive() and not self._quit_through_qmp():
+            self.process.terminate()   # no QMP yet (still loading): QEMU also quits on SIGTERM
         try:
             self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:

@@ -32,7 +32,6 @@ CONTROL_CONNECT_TIMEOUT_SECONDS = 30
 REQUEST_TIMEOUT_SECONDS = 30
 SERIAL_BYTES_PER_SECOND = 20_000   # pessimistic, for the transfer's timeout only
 FINISH_GRACE_SECONDS = 10          # after `Stop tracing`, for the workload to exit by itself
-GUEST_INFO_TIMEOUT_SECONDS = 600   # from starting the workload to its `Ready to trace`
 
 
 @dataclass
