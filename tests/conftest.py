@@ -103,8 +103,8 @@ def private_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def tracer(private_tmp):
     """Run memory_tracer.py for real; returns the CompletedProcess."""
-    def run(*args, timeout=300, **kwargs):
-        env = dict(os.environ, TMPDIR=str(private_tmp))
+    def run(*args, timeout=300, env=None, **kwargs):
+        env = dict(env or os.environ, TMPDIR=str(private_tmp))
         return subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, args)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               timeout=timeout, env=env, **kwargs)

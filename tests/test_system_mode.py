@@ -1,9 +1,12 @@
 """End to end in full-system mode: the real qemu-system-x86_64 on the built-in guest image, its
 snapshot, the guest runner, the GMBEOO plugin, real FIFOs and analysis tools."""
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +217,25 @@ def test_image_that_is_not_qcow2_is_refused(tracer, tmp_path):
     run = tracer(raw, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace")
     assert run.returncode == 1
     assert run.stderr.strip() == f"guest_image_path must be a qcow2 image, but {raw} is raw."
+
+
+def test_dont_use_nographic_without_a_display_says_so(tracer):
+    run = tracer(*system("--workload_path_on_guest", "/bin/true", "--dont_trace", "--dont_use_nographic"),
+                 env=dict(os.environ, DISPLAY="", WAYLAND_DISPLAY=""))
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("--dont_use_nographic needs a display for QEMU's window, but QEMU found none "
+                                  "(is DISPLAY set?); run without --dont_use_nographic")
+
+
+@pytest.mark.parametrize("change", [{"virtio_serial": False}, {"smp": 2}])
+def test_configuration_other_than_the_snapshots_is_explained(tracer, tmp_path, change):
+    """loadvm needs savevm's devices and -smp: a description that disagrees gets advice, not a trace."""
+    image = tmp_path / "copy.qcow2"
+    shutil.copyfile(GUEST_IMAGE, image)
+    description = json.loads(Path(str(GUEST_IMAGE) + ".memory_tracer.json").read_text())
+    Path(str(image) + ".memory_tracer.json").write_text(json.dumps({**description, **change}))
+    run = tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace")
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"the snapshot {SNAPSHOT!r} was saved with another QEMU configuration "
+                                 "(machine type, devices or -smp)")
+    assert "python3 build.py --remake_guest_image" in run.stderr and len(run.stderr.splitlines()) == 1
