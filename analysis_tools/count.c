@@ -14,14 +14,18 @@ static uint64_t by_vcpu[65536];
 static uint64_t range_by_info[256];
 static uint64_t range_start, range_end;
 static int have_range;
+static const char *range_option;
 
-static int count_init(int argc, char **argv)
+static int count_init(void)
 {
-    for (int i = 0; i < argc; i++) {
-        if (sscanf(argv[i], "range=%" SCNx64 "-%" SCNx64, &range_start, &range_end) == 2) {
-            have_range = 1;
-        }
+    if (!range_option) {
+        return 0;
     }
+    if (sscanf(range_option, "%" SCNx64 "-%" SCNx64, &range_start, &range_end) != 2 || range_end < range_start) {
+        fprintf(stderr, "count: range must be 0xSTART-0xEND, but %s isn't\n", range_option);
+        return 2;
+    }
+    have_range = 1;
     return 0;
 }
 
@@ -92,8 +96,14 @@ static void count_report(FILE *out)
 
 int main(int argc, char **argv)
 {
+    static const gmbe_option options[] = {
+        { "range", &range_option, "0xSTART-0xEND: also count the accesses inside it, by kind "
+                                  "(a workload passes it as an info word)" },
+        { NULL },
+    };
     static const gmbe_tool tool = {
-        .name = "count", .init = count_init, .process = count_process, .report = count_report,
+        .name = "count", .summary = "Counts the records by CPL, load/store, size, sign and vCPU.",
+        .options = options, .init = count_init, .process = count_process, .report = count_report,
     };
     return gmbe_run_tool(&tool, argc, argv);
 }

@@ -1,15 +1,22 @@
 /*
  * gmbe_reader.h - the one reader every C analysis tool is built on.
  *
- * It implements the analysis-tool protocol of memory_tracer.py: argv[1] is the
- * trace FIFO (or a trace file), argv[2:] the workload info words; it prints
- * "Ready to analyze", opens the trace, hands the tool batches of whole records
- * (big reads, no per-record system calls), and when SIGUSR1 arrives it first
- * reads what is left in the FIFO, then prints the tool's report between the
- * markers. Reading a regular file, it reports at the end of the file.
+ * Two ways to run a tool:
+ *   - by memory_tracer.py (the analysis-tool protocol): argv[1] is the trace
+ *     FIFO, argv[2:] the workload info words. The reader prints "Ready to
+ *     analyze", opens the FIFO, hands the tool batches of whole records (big
+ *     reads, no per-record system calls), and when SIGUSR1 arrives it first
+ *     reads what is left in the FIFO, then prints the tool's report between
+ *     the markers.
+ *   - on a file, to analyse a trace again: argv[1] is a trace file of the
+ *     `record` tool (gmbe_trace_file.h) or raw records; the report is printed
+ *     at the end of the file, without markers, with progress on stderr when it
+ *     is a terminal.
+ * Words of argv[2:] that name one of the tool's options (`--name value`,
+ * `--name=value` or `name=value`) set it; the others are workload info words.
  *
  * A tool includes this header first, defines a gmbe_tool and calls
- * gmbe_run_tool() from main().
+ * gmbe_run_tool() from main(). Link with -lzstd.
  */
 #ifndef GMBE_READER_H
 #define GMBE_READER_H
@@ -17,27 +24,45 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "gmbe_record.h"
+#include "gmbe_trace_file.h"
 
 #define GMBE_READ_BYTES (1 << 20)
 
 typedef struct {
+    const char *name;       /* without dashes */
+    const char **value;     /* holds the default; set from the command line */
+    const char *help;
+} gmbe_option;
+
+typedef struct {
     const char *name;
-    /* Called once with the workload info words (argv[2:]); returns 0 or prints why not. */
-    int (*init)(int argc, char **argv);
+    const char *summary;
+    const gmbe_option *options;     /* ends with { NULL } */
+    /* Called once the options are parsed; returns 0, or prints why not. */
+    int (*init)(void);
     /* Called for every batch of whole records, in stream order. */
     void (*process)(const struct gmbe_record *records, size_t count);
-    /* Prints the results (between the markers, which the reader prints). */
+    /* Prints the results. */
     void (*report)(FILE *out);
 } gmbe_tool;
+
+/* What the tool may look at. */
+static char **gmbe_info_words;          /* argv[2:] minus options */
+static int gmbe_info_count;
+static int gmbe_replaying;              /* reading a file, not memory_tracer's FIFO */
+static struct gmbe_trace_header gmbe_source;   /* of a trace file; else settings UNKNOWN */
 
 static volatile sig_atomic_t gmbe_report_requested;
 
@@ -47,16 +72,179 @@ static void gmbe_on_sigusr1(int sig)
     gmbe_report_requested = 1;
 }
 
-/* Reads into buf after `kept` leftover bytes; processes whole records; returns bytes read, 0 at EOF, -1 on EAGAIN. */
-static ssize_t gmbe_read_batch(const gmbe_tool *tool, int fd, char *buf, size_t *kept)
+/* ------------------------------------------------------------ options */
+
+static const gmbe_option *gmbe_find_option(const gmbe_tool *tool, const char *name, size_t len)
 {
-    ssize_t n = read(fd, buf + *kept, GMBE_READ_BYTES - *kept);
-    if (n < 0) {
-        if (errno == EINTR || errno == EAGAIN) {
+    for (const gmbe_option *o = tool->options; o && o->name; o++) {
+        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
+static void gmbe_usage(const gmbe_tool *tool, FILE *out)
+{
+    fprintf(out, "usage: %s TRACE_FIFO_OR_FILE [OPTIONS] [WORKLOAD_INFO_WORDS...]\n%s\n", tool->name,
+            tool->summary);
+    for (const gmbe_option *o = tool->options; o && o->name; o++) {
+        fprintf(out, "  --%-14s %s (default: %s)\n", o->name, o->help, *o->value ? *o->value : "none");
+    }
+}
+
+/* Sorts argv[2:] into options and info words; returns 0 or prints the problem. */
+static int gmbe_parse_words(const gmbe_tool *tool, int argc, char **argv)
+{
+    gmbe_info_words = calloc((size_t)argc + 1, sizeof *gmbe_info_words);
+    for (int i = 2; i < argc; i++) {
+        const char *word = argv[i];
+        int dashed = strncmp(word, "--", 2) == 0;
+        const char *name = dashed ? word + 2 : word;
+        const char *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const gmbe_option *o = (dashed || eq) ? gmbe_find_option(tool, name, len) : NULL;
+        if (!o) {
+            if (dashed) {
+                fprintf(stderr, "%s: unknown option %s\n", tool->name, word);
+                gmbe_usage(tool, stderr);
+                return 2;
+            }
+            gmbe_info_words[gmbe_info_count++] = argv[i];
+        } else if (eq) {
+            *o->value = eq + 1;
+        } else if (i + 1 < argc) {
+            *o->value = argv[++i];
+        } else {
+            fprintf(stderr, "%s: option %s needs a value\n", tool->name, word);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* Option helpers for tools: a size like 32k, 1m, 64 (bytes). */
+static __attribute__((unused)) int gmbe_parse_size(const char *text, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    uint64_t v = strtoull(text, &end, 0);
+    if (errno || end == text) {
+        return -1;
+    }
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; end++; break;
+    case 'm': case 'M': v <<= 20; end++; break;
+    case 'g': case 'G': v <<= 30; end++; break;
+    default: break;
+    }
+    if (*end == 'b' || *end == 'B') {
+        end++;
+    }
+    if (*end) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ------------------------------------------------------------ input */
+
+typedef struct {
+    int fd;
+    ZSTD_DStream *zstd;             /* a compressed trace file */
+    char *in;                       /* compressed bytes read, not yet decompressed */
+    ZSTD_inBuffer zin;
+    off_t size;                     /* of a file, for progress */
+    struct timespec last_progress;
+} gmbe_input;
+
+/* Reads up to cap bytes of records: > 0, 0 at the end, -1 when a FIFO has nothing now. */
+static ssize_t gmbe_input_read(gmbe_input *in, char *buf, size_t cap)
+{
+    if (!in->zstd) {
+        ssize_t n = read(in->fd, buf, cap);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
             return -1;
         }
-        perror("read trace");
+        if (n < 0) {
+            perror("read trace");
+            exit(1);
+        }
+        return n;
+    }
+    ZSTD_outBuffer out = { buf, cap, 0 };
+    while (out.pos == 0) {
+        if (in->zin.pos == in->zin.size) {
+            ssize_t n = read(in->fd, in->in, GMBE_READ_BYTES);
+            if (n < 0) {
+                perror("read trace file");
+                exit(1);
+            }
+            if (n == 0) {
+                return 0;
+            }
+            in->zin = (ZSTD_inBuffer){ in->in, (size_t)n, 0 };
+        }
+        size_t rc = ZSTD_decompressStream(in->zstd, &out, &in->zin);
+        if (ZSTD_isError(rc)) {
+            fprintf(stderr, "trace file is corrupt: %s\n", ZSTD_getErrorName(rc));
+            exit(1);
+        }
+    }
+    return (ssize_t)out.pos;
+}
+
+/* A trace file starts with its header; raw records are taken as they are. */
+static void gmbe_open_file(gmbe_input *in, const char *path)
+{
+    struct gmbe_trace_header h;
+    memset(&gmbe_source, 0, sizeof gmbe_source);
+    gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
+    gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
+    if (pread(in->fd, &h, sizeof h, 0) != (ssize_t)sizeof h || memcmp(h.magic, GMBE_TRACE_MAGIC, 8) != 0) {
+        return;
+    }
+    if (h.format_version != GMBE_TRACE_FORMAT_VERSION || h.record_size != GMBE_RECORD_SIZE) {
+        fprintf(stderr, "%s: trace file format %u with %u-byte records is not supported\n", path,
+                h.format_version, h.record_size);
         exit(1);
+    }
+    gmbe_source = h;
+    lseek(in->fd, sizeof h, SEEK_SET);
+    if (h.compression == GMBE_COMPRESSION_ZSTD) {
+        in->zstd = ZSTD_createDStream();
+        in->in = malloc(GMBE_READ_BYTES);
+    }
+}
+
+static void gmbe_show_progress(const gmbe_tool *tool, gmbe_input *in, int last)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double since = (double)(now.tv_sec - in->last_progress.tv_sec) +
+                   (double)(now.tv_nsec - in->last_progress.tv_nsec) / 1e9;
+    if (!last && since < 0.25) {
+        return;
+    }
+    in->last_progress = now;
+    if (last) {
+        fprintf(stderr, "\r\033[K");
+        return;
+    }
+    off_t pos = lseek(in->fd, 0, SEEK_CUR);
+    fprintf(stderr, "\r%s: %3.0f%% of the trace read", tool->name,
+            in->size ? 100.0 * (double)pos / (double)in->size : 0.0);
+}
+
+/* ------------------------------------------------------------ the run */
+
+/* Reads into buf after `kept` leftover bytes; processes whole records; returns as gmbe_input_read. */
+static ssize_t gmbe_read_batch(const gmbe_tool *tool, gmbe_input *in, char *buf, size_t *kept)
+{
+    ssize_t n = gmbe_input_read(in, buf + *kept, GMBE_READ_BYTES - *kept);
+    if (n <= 0) {
+        return n;
     }
     size_t total = *kept + (size_t)n;
     size_t whole = total / GMBE_RECORD_SIZE;
@@ -70,19 +258,67 @@ static ssize_t gmbe_read_batch(const gmbe_tool *tool, int fd, char *buf, size_t 
 
 static void gmbe_print_report(const gmbe_tool *tool)
 {
-    printf("-----begin analysis output-----\n");
+    if (!gmbe_replaying) {
+        printf("-----begin analysis output-----\n");
+    }
     tool->report(stdout);
-    printf("-----end analysis output-----\n");
+    if (!gmbe_replaying) {
+        printf("-----end analysis output-----\n");
+    }
     fflush(stdout);
+}
+
+static void gmbe_replay(const gmbe_tool *tool, gmbe_input *in, char *buf)
+{
+    size_t kept = 0;
+    int show = isatty(2);
+    while (gmbe_read_batch(tool, in, buf, &kept) > 0) {
+        if (show) {
+            gmbe_show_progress(tool, in, 0);
+        }
+    }
+    if (show) {
+        gmbe_show_progress(tool, in, 1);
+    }
+    if (kept) {
+        fprintf(stderr, "%s: the trace ends with %zu bytes of a partial record\n", tool->name, kept);
+    }
+}
+
+static void gmbe_follow_fifo(const gmbe_tool *tool, gmbe_input *in, char *buf, const sigset_t *unblocked)
+{
+    size_t kept = 0;
+    int at_eof = 0;
+    while (!gmbe_report_requested && !at_eof) {
+        struct pollfd pfd = { .fd = in->fd, .events = POLLIN };
+        if (ppoll(&pfd, 1, NULL, unblocked) < 0) {
+            continue;   /* EINTR: SIGUSR1 arrived */
+        }
+        at_eof = gmbe_read_batch(tool, in, buf, &kept) == 0;
+    }
+    /* Every record is in the FIFO before SIGUSR1: read what is left without waiting. */
+    fcntl(in->fd, F_SETFL, fcntl(in->fd, F_GETFL) | O_NONBLOCK);
+    while (!at_eof) {
+        ssize_t n = gmbe_read_batch(tool, in, buf, &kept);
+        at_eof = n == 0;
+        if (n < 0) {
+            break;
+        }
+    }
+    while (!gmbe_report_requested) {
+        sigsuspend(unblocked);   /* the writers closed before SIGUSR1 came */
+    }
 }
 
 static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s TRACE_FIFO_OR_FILE [WORKLOAD_INFO_WORDS...]\n", argv[0]);
-        return 2;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        gmbe_usage(tool, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
     }
-    if (tool->init && tool->init(argc - 2, argv + 2) != 0) {
+    struct stat st;
+    gmbe_replaying = stat(argv[1], &st) == 0 && !S_ISFIFO(st.st_mode);
+    if (gmbe_parse_words(tool, argc, argv) != 0 || (tool->init && tool->init() != 0)) {
         return 2;
     }
     /* SIGUSR1 stays blocked except inside ppoll, so it can never slip in between a check and a wait. */
@@ -94,46 +330,28 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
     struct sigaction sa = { .sa_handler = gmbe_on_sigusr1 };
     sigaction(SIGUSR1, &sa, NULL);
 
-    printf("Ready to analyze\n");
-    fflush(stdout);
-
-    int fd = open(argv[1], O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    if (!gmbe_replaying) {
+        printf("Ready to analyze\n");
+        fflush(stdout);
+    }
+    gmbe_input in = { .fd = open(argv[1], O_RDONLY | O_CLOEXEC) };
+    if (in.fd < 0) {
         fprintf(stderr, "%s: cannot open %s: %s\n", tool->name, argv[1], strerror(errno));
         return 1;
     }
-    struct stat st;
-    int is_file = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
     char *buf = malloc(GMBE_READ_BYTES);
-    size_t kept = 0;
-    int at_eof = 0;
-
-    while (!gmbe_report_requested && !at_eof) {
-        struct pollfd pfd = { .fd = fd, .events = POLLIN };
-        if (!is_file && ppoll(&pfd, 1, NULL, &unblocked) < 0) {
-            continue;   /* EINTR: SIGUSR1 arrived */
-        }
-        at_eof = gmbe_read_batch(tool, fd, buf, &kept) == 0;
-    }
-    if (is_file) {
-        gmbe_print_report(tool);
-        return 0;
-    }
-    /* Every record is in the FIFO before SIGUSR1: read what is left without waiting. */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    while (!at_eof) {
-        ssize_t n = gmbe_read_batch(tool, fd, buf, &kept);
-        at_eof = n == 0;
-        if (n < 0) {
-            break;
-        }
-    }
-    while (!gmbe_report_requested) {
-        sigsuspend(&unblocked);   /* the writers closed before SIGUSR1 came */
+    if (gmbe_replaying) {
+        in.size = st.st_size;
+        gmbe_open_file(&in, argv[1]);
+        gmbe_replay(tool, &in, buf);
+    } else {
+        gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
+        gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
+        gmbe_follow_fifo(tool, &in, buf, &unblocked);
     }
     gmbe_print_report(tool);
     free(buf);
-    close(fd);
+    close(in.fd);
     return 0;
 }
 

@@ -26,8 +26,10 @@ def describe_exit(child):
 
 
 class AnalysisTool:
-    def __init__(self, path, fifo_path, info_words, echo_to=None):
-        self.argv = [str(path), str(fifo_path), *info_words]
+    def __init__(self, path, fifo_path, info_words, echo_to=None, extra_args=(), environment=None):
+        # The tool's own options go after the info words: argv[2:] still starts with the info.
+        self.argv = [str(path), str(fifo_path), *info_words, *extra_args]
+        self.environment = environment
         self.echo_to = echo_to
         self.child = None
         self._reader = None
@@ -37,7 +39,7 @@ class AnalysisTool:
     def start(self, ready_timeout):
         log.debug("analysis tool: %s", " ".join(self.argv))
         self.child = pexpect.spawn(self.argv[0], self.argv[1:], echo=False, encoding="utf-8",
-                                   codec_errors="replace", timeout=None)
+                                   codec_errors="replace", timeout=None, env=self.environment)
         self.child.logfile_read = self.echo_to
         index = self.child.expect_exact([READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
         if index == 1:

@@ -128,6 +128,9 @@ def build_parser():
                                  "qemu-x86_64 with GMBEOO; no guest image is needed.")
     extensions.add_argument("--workload_args", default="",
                             help="Arguments for the workload, as one shell-quoted string.")
+    extensions.add_argument("--analysis_tool_args", default="",
+                            help="Options for the analysis tool, as one shell-quoted string; they follow "
+                                 "the workload info words in its argv (e.g. \"--plot pages.png\").")
     extensions.add_argument("--run_on_private_copy", action="store_true",
                             help="Run QEMU on a private copy of guest_image_path (removed afterwards), "
                                  "so that several runs can use one image at once and the image is never "
@@ -166,11 +169,8 @@ def validate(parser, args):
     if args.timeout is not None and not args.timeout > 0:
         raise BadInputError(f"timeout must be a positive number of seconds, but {args.timeout:g} isn't.")
 
-    try:
-        workload_args = shlex.split(args.workload_args)
-    except ValueError as exc:
-        raise BadInputError(f"workload_args must be a shell-quoted string, but {args.workload_args!r} "
-                            f"isn't ({exc}).") from None
+    workload_args = _split_words("workload_args", args.workload_args)
+    args.analysis_tool_words = _split_words("analysis_tool_args", args.analysis_tool_args)
     if not args.user_mode and not native:
         return _system_run_plan(args, settings, workload_args)
     if args.workload_path_on_host is None:
@@ -190,12 +190,20 @@ def validate(parser, args):
     return _run_request(args, settings, [workload, *workload_args]), qemu_dir, None
 
 
+def _split_words(name, text):
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise BadInputError(f"{name} must be a shell-quoted string, but {text!r} isn't ({exc}).") from None
+
+
 def _run_request(args, settings, workload_argv):
     return RunRequest(
         workload_argv=workload_argv,
         follow_protocol=args.dont_add_communications_with_host_to_workload,
         timeout=args.timeout,
         analysis_tool_path=args.analysis_tool_path and os.path.abspath(args.analysis_tool_path),
+        analysis_tool_args=args.analysis_tool_words,
         trace_fifo_path=args.trace_fifo_path and os.path.abspath(args.trace_fifo_path),
         traced=not (args.dont_trace or args.dont_use_qemu),
         native=args.dont_use_qemu,

@@ -1,5 +1,6 @@
 """Who reads the trace: an analysis tool we start, or a reader the user runs on their own FIFO."""
 import logging
+import os
 import sys
 
 from .analysis_tool import AnalysisTool
@@ -13,18 +14,31 @@ DRAIN_TIMEOUT_SECONDS = 600     # a slow reader finishing the last pipe-full
 OUTPUT_TIMEOUT_SECONDS = 120    # from SIGUSR1 to the end marker
 
 
+def tool_environment(settings):
+    """What was filtered and sampled, for tools that record it (the `record` tool's header)."""
+    environment = dict(os.environ)
+    if settings is not None:
+        environment.update(GMBE_TRACE_ONLY_CPL3=str(int(settings.trace_only_CPL3_code_GMBE)),
+                           GMBE_LOG_OF_BLOCK_LEN=str(settings.log_of_GMBE_block_len),
+                           GMBE_LOG_OF_TRACING_RATIO=str(settings.log_of_GMBE_tracing_ratio))
+    return environment
+
+
 class ToolConsumer:
     """An analysis tool (--analysis_tool_path) reading the FIFO memory_tracer made."""
 
-    def __init__(self, tool_path, private_dir, verbose):
+    def __init__(self, tool_path, private_dir, verbose, tool_args=(), settings=None):
         self.tool_path = tool_path
         self.fifo = TraceFifo.create(private_dir)
         self.verbose = verbose
+        self.tool_args = list(tool_args)
+        self.settings = settings
         self.tool = None
 
     def start(self, info_words):
         self.tool = AnalysisTool(self.tool_path, self.fifo.path, info_words,
-                                 echo_to=sys.stderr if self.verbose else None)
+                                 echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
+                                 environment=tool_environment(self.settings))
         self.tool.start(READY_TIMEOUT_SECONDS)
         self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, self.tool.is_alive, "the analysis tool")
         log.debug("trace FIFO %s open, pipe size %d", self.fifo.path, self.fifo.pipe_size())

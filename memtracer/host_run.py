@@ -35,6 +35,7 @@ class RunRequest:
     follow_protocol: bool = False
     timeout: float = None
     analysis_tool_path: str = None
+    analysis_tool_args: list = field(default_factory=list)
     trace_fifo_path: str = None
     traced: bool = True
     native: bool = False
@@ -79,7 +80,8 @@ class HostRun:
         if not self.request.traced:
             return None
         if self.request.analysis_tool_path:
-            return ToolConsumer(self.request.analysis_tool_path, self.private_dir, self.request.verbose)
+            return ToolConsumer(self.request.analysis_tool_path, self.private_dir, self.request.verbose,
+                                self.request.analysis_tool_args, self.request.settings)
         return UserFifoConsumer(self.request.trace_fifo_path)
 
     def _path(self, name):

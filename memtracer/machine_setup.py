@@ -41,7 +41,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
 BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
-                  "xz-utils", "dpkg-dev", "zlib1g-dev",
+                  "xz-utils", "dpkg-dev", "zlib1g-dev", "libzstd-dev",
                   # the built-in guest image: a FAT boot disk made without loop mounts
                   "mtools", "dosfstools", "syslinux", "syslinux-common"]
 
@@ -49,7 +49,10 @@ CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
 # (output name, source, extra flags): what build.py compiles.
 PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
-ANALYSIS_TOOLS = [("count", "analysis_tools/count.c")]
+ANALYSIS_TOOLS = [(name, f"analysis_tools/{name}.c")
+                  for name in ("count", "record", "dump", "export", "pages", "cachesim", "reuse")]
+ANALYSIS_TOOL_HEADERS = ["qemu_patches/gmbe_record.h"] + [
+    os.path.relpath(p, REPO_DIR) for p in sorted(glob.glob(str(REPO_DIR / "analysis_tools" / "*.h")))]
 GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
                   for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]
 
@@ -246,11 +249,11 @@ def build_plugins(tree):
 
 
 def build_analysis_tools():
-    flags = [f"-I{REPO_DIR / 'qemu_patches'}", f"-I{REPO_DIR / 'analysis_tools'}"]
-    headers = ["qemu_patches/gmbe_record.h", "analysis_tools/gmbe_reader.h"]
-    for name, source in ANALYSIS_TOOLS:
-        built = compile_c(ANALYSIS_TOOLS_DIR / name, source, flags, headers)
-        step(f"analysis tool {name}: {'compiled' if built else 'up to date'}")
+    flags = [f"-I{REPO_DIR / 'qemu_patches'}", f"-I{REPO_DIR / 'analysis_tools'}",
+             f'-DGMBE_PLOT_SCRIPT="{REPO_DIR / "analysis_tools" / "plot.py"}"']
+    built = [name for name, source in ANALYSIS_TOOLS
+             if compile_c(ANALYSIS_TOOLS_DIR / name, source, flags, ANALYSIS_TOOL_HEADERS, libs=["-lzstd"])]
+    step(f"analysis tools: {', '.join(built) + ' compiled' if built else 'up to date'}")
 
 
 def build_guest_programs():

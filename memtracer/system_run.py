@@ -155,7 +155,8 @@ class SystemRun:
 
     def _make_consumer(self, private_dir):
         if self.request.analysis_tool_path:
-            return ToolConsumer(self.request.analysis_tool_path, private_dir, self.request.verbose)
+            return ToolConsumer(self.request.analysis_tool_path, private_dir, self.request.verbose,
+                                self.request.analysis_tool_args, self.request.settings)
         return UserFifoConsumer(self.request.trace_fifo_path)
 
     def _plugin_argument(self):
