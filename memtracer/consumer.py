@@ -1,9 +1,15 @@
-"""Who reads the trace: an analysis tool we start, or a reader the user runs on their own FIFO."""
+"""Who reads the trace: an analysis tool we start (through a FIFO, or a shared-memory ring), or a
+reader the user runs on their own FIFO."""
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 
 from .analysis_tool import AnalysisTool
+from .errors import AnalysisToolError
+from .shm_ring import ShmRing, create_ring
 from .trace_fifo import TraceFifo
 
 log = logging.getLogger(__name__)
@@ -22,6 +28,17 @@ def tool_environment(settings):
                            GMBE_LOG_OF_BLOCK_LEN=str(settings.log_of_GMBE_block_len),
                            GMBE_LOG_OF_TRACING_RATIO=str(settings.log_of_GMBE_tracing_ratio))
     return environment
+
+
+def make_consumer(request, private_dir):
+    """The consumer a traced run's request asks for."""
+    if request.analysis_tool_path and request.shared_memory_ring:
+        return ShmRingToolConsumer(request.analysis_tool_path, request.verbose, request.analysis_tool_args,
+                                   request.settings)
+    if request.analysis_tool_path:
+        return ToolConsumer(request.analysis_tool_path, private_dir, request.verbose,
+                            request.analysis_tool_args, request.settings)
+    return UserFifoConsumer(request.trace_fifo_path)
 
 
 class ToolConsumer:
@@ -43,6 +60,10 @@ class ToolConsumer:
         self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, self.tool.is_alive, "the analysis tool")
         log.debug("trace FIFO %s open, pipe size %d", self.fifo.path, self.fifo.pipe_size())
 
+    @property
+    def plugin_argument(self):
+        return f"trace_fifo_path={self.fifo.path}"
+
     def check(self):
         """Raise if the tool died: the trace would have nowhere to go."""
         self.tool.check_alive()
@@ -58,11 +79,59 @@ class ToolConsumer:
         self.fifo.close()
 
 
+class ShmRingToolConsumer:
+    """An analysis tool of the Python API reading a shared-memory ring (--shared_memory_ring): the
+    ring lives in a private 0700 directory in /dev/shm (memory, never written back to a disk)."""
+
+    def __init__(self, tool_path, verbose, tool_args=(), settings=None):
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
+        self.path = os.path.join(self.directory, "trace.ring")
+        create_ring(self.path)
+        self.ring = ShmRing(self.path)
+        self.tool_path, self.verbose, self.tool_args, self.settings = tool_path, verbose, list(tool_args), settings
+        self.tool = None
+
+    @property
+    def plugin_argument(self):
+        return f"trace_shm_path={self.path}"
+
+    def start(self, info_words):
+        self.tool = AnalysisTool(self.tool_path, self.path, info_words,
+                                 echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
+                                 environment=tool_environment(self.settings))
+        self.tool.start(READY_TIMEOUT_SECONDS)
+
+    def check(self):
+        self.tool.check_alive()
+
+    def finish(self):
+        """Every record is in the ring: wait until the tool consumed them, then ask for its output."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while self.ring.pending():
+            self.tool.check_alive()
+            if time.monotonic() > deadline:
+                raise AnalysisToolError(f"the analysis tool left {self.ring.pending()} records in the "
+                                        f"shared-memory ring for {DRAIN_TIMEOUT_SECONDS} s.")
+            time.sleep(0.001)
+        return self.tool.collect_output(OUTPUT_TIMEOUT_SECONDS)
+
+    def close(self):
+        if self.tool is not None:
+            self.tool.stop()
+        self.ring.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class UserFifoConsumer:
     """A reader the user runs on their own FIFO (--trace_fifo_path)."""
 
     def __init__(self, fifo_path):
         self.fifo = TraceFifo.given_by_user(fifo_path)
+
+    @property
+    def plugin_argument(self):
+        return f"trace_fifo_path={self.fifo.path}"
 
     def start(self, info_words):
         self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, reader_name="the reader of trace_fifo_path")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pexpect
 
-from .consumer import ToolConsumer, UserFifoConsumer
+from .consumer import make_consumer
 from .errors import ControlChannelError, QemuError
 from .plugin_control import ControlChannel, parse_counters
 from .trace_settings import TraceSettings
@@ -36,6 +36,7 @@ class RunRequest:
     timeout: float = None
     analysis_tool_path: str = None
     analysis_tool_args: list = field(default_factory=list)
+    shared_memory_ring: bool = False
     trace_fifo_path: str = None
     traced: bool = True
     native: bool = False
@@ -67,22 +68,14 @@ class HostRun:
     def run(self):
         with ExitStack() as cleanup:
             self.private_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
-            self.consumer = self._make_consumer()
-            if self.consumer is not None:
+            if self.request.traced:
+                self.consumer = make_consumer(self.request, self.private_dir)
                 cleanup.callback(self.consumer.close)
             if self.request.follow_protocol:
                 self._run_protocol(cleanup)
             else:
                 self._run_wrapped(cleanup)
         return self.result
-
-    def _make_consumer(self):
-        if not self.request.traced:
-            return None
-        if self.request.analysis_tool_path:
-            return ToolConsumer(self.request.analysis_tool_path, self.private_dir, self.request.verbose,
-                                self.request.analysis_tool_args, self.request.settings)
-        return UserFifoConsumer(self.request.trace_fifo_path)
 
     def _path(self, name):
         return os.path.join(self.private_dir, name)
@@ -99,7 +92,7 @@ class HostRun:
         if self.request.traced:
             plugin_args = [
                 str(self.qemu_dir.plugin),
-                f"trace_fifo_path={self.consumer.fifo.path}",
+                self.consumer.plugin_argument,
                 f"control_socket_path={self._path('control.sock')}",
                 f"counters_path={self._path('counters')}",
                 f"enabled={'on' if enabled_from_start else 'off'}",

@@ -244,7 +244,8 @@ def build_plugins(tree):
     flags = ["-shared", "-fPIC", "-Wno-unused-parameter", f"-I{tree / 'include' / 'qemu'}",
              f"-I{REPO_DIR / 'qemu_patches'}", *glib_cflags(), "-lpthread"]
     for name, source in PLUGINS:
-        built = compile_c(DEFAULT_QEMU_DIR / name, source, flags, ["qemu_patches/gmbe_record.h"])
+        built = compile_c(DEFAULT_QEMU_DIR / name, source, flags,
+                          ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h"])
         step(f"plugin {name}: {'compiled' if built else 'up to date'}")
 
 

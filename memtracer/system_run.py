@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from .consumer import ToolConsumer, UserFifoConsumer
+from .consumer import make_consumer
 from .errors import BadInputError, QemuError
 from .guest_channel import GuestChannel
 from .host_run import RunResult
@@ -150,20 +150,14 @@ class SystemRun:
             self.image = os.path.join(private_dir, os.path.basename(self.image))
             shutil.copyfile(self.target.image_path, self.image)
         if self.request.traced:
-            self.consumer = self._make_consumer(private_dir)
+            self.consumer = make_consumer(self.request, private_dir)
             self._cleanup.callback(self.consumer.close)
-
-    def _make_consumer(self, private_dir):
-        if self.request.analysis_tool_path:
-            return ToolConsumer(self.request.analysis_tool_path, private_dir, self.request.verbose,
-                                self.request.analysis_tool_args, self.request.settings)
-        return UserFifoConsumer(self.request.trace_fifo_path)
 
     def _plugin_argument(self):
         if not self.request.traced:
             return None   # untraced runs measure QEMU itself, without the plugin loaded
         return ",".join([str(self.qemu_dir.plugin),
-                         f"trace_fifo_path={self.consumer.fifo.path}",
+                         self.consumer.plugin_argument,
                          f"control_socket_path={CONTROL_SOCKET}",   # relative to QEMU's directory
                          "enabled=off", *self.request.settings.plugin_args()])
 

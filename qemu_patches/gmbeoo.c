@@ -12,7 +12,8 @@
  * decoded once per distinct meminfo value into a table.
  *
  * Arguments (key=value; unknown keys are an error):
- *   trace_fifo_path=PATH            where records go (required)
+ *   trace_fifo_path=PATH            where records go: a FIFO or a file (this or the next)
+ *   trace_shm_path=PATH             where records go: a shared-memory ring (gmbe_ring.h)
  *   control_socket_path=PATH        serve the control protocol (README.md) here
  *   counters_path=PATH              write the final counters here at exit
  *   enabled=on|off                  trace from the start (default on)
@@ -34,6 +35,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -41,6 +44,7 @@
 #include <qemu-plugin.h>
 
 #include "gmbe_record.h"
+#include "gmbe_ring.h"
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
@@ -68,6 +72,7 @@ typedef struct {
 
 typedef struct {
     char *trace_fifo_path;
+    char *trace_shm_path;
     char *control_socket_path;
     char *counters_path;
     bool enabled;
@@ -92,6 +97,8 @@ static struct qemu_plugin_register *cs_register;
 /* The trace file and everything that writes to it. */
 static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
 static int trace_fd = -1;
+static struct gmbe_ring_header *shm_ring;     /* instead of trace_fd, with trace_shm_path */
+static struct gmbe_record *shm_slots;
 static bool trace_broken;
 static uint64_t written_to_file;          /* since enable */
 
@@ -174,8 +181,41 @@ static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
 
 /* ------------------------------------------------------- writing the trace */
 
+/* The ring's side of write_fully: copy into the consumer's mapping, publish the head. */
+static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
+{
+    const struct gmbe_record *p = data;
+    uint64_t left = len / GMBE_RECORD_SIZE;
+    uint64_t capacity = shm_ring->capacity;
+    while (left > 0) {
+        uint64_t head = shm_ring->head;
+        uint64_t space = capacity - (head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE));
+        if (space == 0) {
+            if (!may_block && p == data) {
+                return false;
+            }
+            struct timespec pause = { 0, 20000 };
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        uint64_t start = head & (capacity - 1);
+        uint64_t count = left < space ? left : space;
+        if (count > capacity - start) {
+            count = capacity - start;
+        }
+        memcpy(&shm_slots[start], p, count * GMBE_RECORD_SIZE);
+        __atomic_store_n(&shm_ring->head, head + count, __ATOMIC_RELEASE);
+        p += count;
+        left -= count;
+    }
+    return true;
+}
+
 static bool write_fully(const void *data, size_t len, bool may_block)
 {
+    if (shm_ring) {
+        return write_to_shm_ring(data, len, may_block);
+    }
     const char *p = data;
     while (len > 0) {
         ssize_t n = write(trace_fd, p, len);
@@ -216,7 +256,7 @@ static bool flush_ring_locked(VcpuRing *r, bool may_block)
 {
     uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
     uint64_t tail = r->tail;
-    while (tail != head && trace_fd >= 0 && !trace_broken) {
+    while (tail != head && (trace_fd >= 0 || shm_ring) && !trace_broken) {
         uint64_t start = tail % RING_RECORDS;
         uint64_t count = head - tail;
         if (start + count > RING_RECORDS) {
@@ -491,6 +531,10 @@ static bool apply_option(Config *cfg, const char *opt, bool at_install, char **e
             cfg->trace_fifo_path = g_strdup(value);
             return true;
         }
+        if (g_strcmp0(key, "trace_shm_path") == 0) {
+            cfg->trace_shm_path = g_strdup(value);
+            return true;
+        }
         if (g_strcmp0(key, "control_socket_path") == 0) {
             cfg->control_socket_path = g_strdup(value);
             return true;
@@ -524,10 +568,41 @@ static bool validate_sampling(const Config *cfg, char **error)
 
 /* ------------------------------------------------------------- enabling */
 
+static bool open_shm_ring(char **error)
+{
+    int fd = open(config.trace_shm_path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        *error = g_strdup_printf("cannot open trace_shm_path %s: %s", config.trace_shm_path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return false;
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    struct gmbe_ring_header *h = map;
+    if (map == MAP_FAILED || (size_t)st.st_size < sizeof *h || memcmp(h->magic, GMBE_RING_MAGIC, 8) != 0 ||
+        h->version != GMBE_RING_VERSION || h->record_size != GMBE_RECORD_SIZE ||
+        (h->capacity & (h->capacity - 1)) || h->data_offset + h->capacity * GMBE_RECORD_SIZE > (uint64_t)st.st_size) {
+        *error = g_strdup_printf("trace_shm_path %s is not a GMBE ring (gmbe_ring.h)", config.trace_shm_path);
+        if (map != MAP_FAILED) {
+            munmap(map, (size_t)st.st_size);
+        }
+        return false;
+    }
+    shm_slots = (struct gmbe_record *)((char *)map + h->data_offset);
+    shm_ring = h;
+    return true;
+}
+
 static bool open_trace(char **error)
 {
-    if (trace_fd >= 0) {
+    if (trace_fd >= 0 || shm_ring) {
         return true;
+    }
+    if (config.trace_shm_path) {
+        return open_shm_ring(error);
     }
     /* Blocks until the consumer has opened the FIFO for reading. */
     int fd = open(config.trace_fifo_path, O_WRONLY | O_CLOEXEC);
@@ -717,6 +792,7 @@ static void forget_trace_in_child(void)
         close(trace_fd);
         trace_fd = -1;
     }
+    shm_ring = NULL;   /* the mapping is shared with the parent: never write into it */
     if (control_listen_fd >= 0) {
         close(control_listen_fd);
         control_listen_fd = -1;
@@ -781,8 +857,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     if (!validate_sampling(&config, &error)) {
         return fail_install(error);
     }
-    if (!config.trace_fifo_path) {
-        return fail_install(g_strdup("trace_fifo_path=PATH is required"));
+    if (!config.trace_fifo_path == !config.trace_shm_path) {
+        return fail_install(g_strdup("one of trace_fifo_path=PATH and trace_shm_path=PATH is required"));
     }
     plugin_id = id;
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);

@@ -1,0 +1,200 @@
+"""Analysis tools in Python, at C speed: this module does the analysis-tool protocol of
+memory_tracer.py (argv, `Ready to analyze`, big reads, SIGUSR1 -> the report between the markers)
+and hands your code batches of records as NumPy structured arrays (memtracer.record.RECORD_DTYPE);
+`c_kernel` compiles C with cffi for what NumPy does not do well.
+
+    from memtracer.analysis_api import AnalysisTool
+
+    class CountStores(AnalysisTool):
+        name = "count_stores"
+        def start(self):
+            self.stores = 0
+        def process(self, records):          # valid only during the call: copy what you keep
+            self.stores += int(np.count_nonzero(records["info"] & STORE_BIT))
+        def report(self):
+            return f"stores: {self.stores}"
+
+    if __name__ == "__main__":
+        CountStores().main()
+
+Run it like any tool: by memory_tracer (`--analysis_tool_path tool.py`), or on a trace file of the
+`record` tool (or raw records) to analyse a trace again: `tool.py trace.gmbe [options]`, with
+progress on stderr. Options are declared in `options` ({name: default}) and given as
+`--name value`, `--name=value` or `name=value`; other words are the workload info (`self.info`).
+Under memory_tracer with --shared_memory_ring, argv[1] is a shared-memory ring instead of a FIFO
+(memtracer.shm_ring); the tool does not need to know.
+"""
+import hashlib
+import importlib.util
+import os
+import select
+import signal
+import stat
+import sys
+import time
+
+import numpy as np
+
+from .record import RECORD_DTYPE, RECORD_SIZE
+from .trace_file import TraceHeader, read_batches
+
+READY = "Ready to analyze"
+BEGIN = "-----begin analysis output-----"
+END = "-----end analysis output-----"
+READ_BYTES = 1 << 20
+CFFI_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "cffi")
+
+
+class AnalysisTool:
+    name = "tool"
+    options = {}
+
+    # ------------------------------------------------------------------ what a tool defines
+
+    def start(self):
+        """Called once the options and info are known, before the first batch."""
+
+    def process(self, records):
+        """Called for every batch of whole records, in stream order."""
+        raise NotImplementedError
+
+    def report(self):
+        """Returns the results as text."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ running
+
+    def main(self, argv=None):
+        argv = sys.argv if argv is None else argv
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print(self._usage(), file=sys.stderr if len(argv) < 2 else sys.stdout)
+            sys.exit(2 if len(argv) < 2 else 0)
+        self.info, self.option = self._parse_words(argv[2:])
+        self.header = None
+        source = argv[1]
+        replaying = os.path.exists(source) and not stat.S_ISFIFO(os.stat(source).st_mode) \
+            and not _is_shm_ring(source)
+        self.start()
+        if replaying:
+            self._replay(source)
+            sys.stdout.write(self.report().rstrip("\n") + "\n")
+        else:
+            self._follow(source)
+        sys.stdout.flush()
+
+    def _usage(self):
+        lines = [f"usage: {self.name} TRACE_FIFO_OR_FILE [OPTIONS] [WORKLOAD_INFO_WORDS...]"]
+        lines += [f"  --{name} (default: {default})" for name, default in self.options.items()]
+        return "\n".join(lines)
+
+    def _parse_words(self, words):
+        info, option = [], dict(self.options)
+        words = list(words)
+        while words:
+            word = words.pop(0)
+            name, eq, value = word.lstrip("-").partition("=")
+            dashed = word.startswith("--")
+            if name in self.options and (dashed or eq):
+                if not eq:
+                    if not words:
+                        sys.exit(f"{self.name}: option {word} needs a value")
+                    value = words.pop(0)
+                option[name] = value
+            elif dashed:
+                sys.exit(f"{self.name}: unknown option {word}\n{self._usage()}")
+            else:
+                info.append(word)
+        return info, option
+
+    def _replay(self, path):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            self.header = TraceHeader.read(f)
+        show = sys.stderr.isatty()
+        last = [0.0]
+
+        def progress(position):
+            if show and time.monotonic() - last[0] > 0.25:
+                last[0] = time.monotonic()
+                sys.stderr.write(f"\r{self.name}: {100 * position / max(size, 1):3.0f}% of the trace read")
+        for batch in read_batches(path, progress=progress):
+            self.process(batch)
+        if show:
+            sys.stderr.write("\r\033[K")
+
+    def _follow(self, path):
+        """The protocol: Ready, read until SIGUSR1 and then what is left, report between markers."""
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        requested = []
+        signal.signal(signal.SIGUSR1, lambda signum, frame: requested.append(True))
+        print(READY, flush=True)
+        if _is_shm_ring(path):
+            from .shm_ring import ShmRingReader
+            with ShmRingReader(path) as ring:
+                ring.follow(self.process, lambda: bool(requested), wake_read)
+        else:
+            self._follow_fifo(path, requested, wake_read)
+        while not requested:
+            select.select([wake_read], [], [])
+        signal.set_wakeup_fd(-1)
+        print(BEGIN)
+        print(self.report().rstrip("\n"))
+        print(END, flush=True)
+
+    def _follow_fifo(self, path, requested, wake_read):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        buffer = bytearray(READ_BYTES)
+        view = memoryview(buffer)
+        kept = 0
+        at_end = False
+        while not requested and not at_end:
+            readable, _, _ = select.select([fd, wake_read], [], [])
+            if fd in readable:
+                kept, at_end = self._read_batch(fd, buffer, view, kept)
+        # Every record is in the FIFO before SIGUSR1: read what is left without waiting.
+        os.set_blocking(fd, False)
+        while not at_end:
+            try:
+                kept, at_end = self._read_batch(fd, buffer, view, kept)
+            except BlockingIOError:
+                break
+        os.close(fd)
+
+    def _read_batch(self, fd, buffer, view, kept):
+        n = os.readv(fd, [view[kept:]])
+        if n == 0:
+            return kept, True
+        total = kept + n
+        whole = total // RECORD_SIZE * RECORD_SIZE
+        if whole:
+            self.process(np.frombuffer(buffer, dtype=RECORD_DTYPE, count=whole // RECORD_SIZE))
+        kept = total - whole
+        view[:kept] = view[whole:total]
+        return kept, False
+
+
+def _is_shm_ring(path):
+    from .shm_ring import is_ring
+    return is_ring(path)
+
+
+def c_kernel(cdef, source, extra_compile_args=("-O2",)):
+    """Compiles C with cffi once (cached in build/cffi/ by content) and returns (ffi, lib).
+    Pass a batch to it with ffi.from_buffer("struct gmbe_record[]", records) after declaring
+    `struct gmbe_record { uint64_t info_word; uint64_t virt_addr; };` in cdef and source."""
+    from cffi import FFI
+    key = hashlib.sha256((cdef + "\0" + source + "\0" + " ".join(extra_compile_args)).encode()).hexdigest()[:16]
+    module = f"_gmbe_kernel_{key}"
+    os.makedirs(CFFI_CACHE, exist_ok=True)
+    built = [f for f in os.listdir(CFFI_CACHE) if f.startswith(module) and f.endswith(".so")]
+    if not built:
+        ffi = FFI()
+        ffi.cdef(cdef)
+        ffi.set_source(module, source, extra_compile_args=list(extra_compile_args))
+        ffi.compile(tmpdir=CFFI_CACHE, verbose=False)
+        built = [f for f in os.listdir(CFFI_CACHE) if f.startswith(module) and f.endswith(".so")]
+    spec = importlib.util.spec_from_file_location(module, os.path.join(CFFI_CACHE, built[0]))
+    compiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compiled)
+    return compiled.ffi, compiled.lib

@@ -1,0 +1,94 @@
+"""The shared-memory ring (qemu_patches/gmbe_ring.h) in Python: memory_tracer creates it, the
+plugin produces into it, and a tool of the Python API consumes it in place, without a copy or a
+system call while the stream flows (--shared_memory_ring)."""
+import mmap
+import os
+import select
+import stat
+import struct
+
+import numpy as np
+
+from .record import RECORD_DTYPE, RECORD_SIZE
+
+MAGIC = b"GMBERNG\n"
+VERSION = 1
+PREFIX = struct.Struct("<8sIIQQ")     # magic, version, record size, capacity, data offset
+HEAD_OFFSET, TAIL_OFFSET = 64, 128
+DATA_OFFSET = 4096
+DEFAULT_CAPACITY = 1 << 20            # records: 16 MiB
+IDLE_WAIT_SECONDS = 0.0001
+
+
+def is_ring(path):
+    """Whether path is a ring file (never opens a FIFO: that would take records from it)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def create_ring(path, capacity=DEFAULT_CAPACITY):
+    """A new, empty ring file (mode 0600)."""
+    assert capacity & (capacity - 1) == 0
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, DATA_OFFSET + capacity * RECORD_SIZE)
+        os.pwrite(fd, PREFIX.pack(MAGIC, VERSION, RECORD_SIZE, capacity, DATA_OFFSET), 0)
+    finally:
+        os.close(fd)
+
+
+class ShmRing:
+    """A mapping of a ring file; head and tail read and written in place (x86: aligned 8-byte
+    loads and stores are atomic, and stores are seen in order)."""
+
+    def __init__(self, path):
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
+        magic, version, record_size, self.capacity, self.data_offset = PREFIX.unpack_from(self.map)
+        if magic != MAGIC or version != VERSION or record_size != RECORD_SIZE:
+            raise ValueError(f"{path} is not a GMBE ring")
+        self.records = np.frombuffer(self.map, dtype=RECORD_DTYPE, count=self.capacity, offset=self.data_offset)
+
+    head = property(lambda self: struct.unpack_from("<Q", self.map, HEAD_OFFSET)[0])
+    tail = property(lambda self: struct.unpack_from("<Q", self.map, TAIL_OFFSET)[0])
+
+    def pending(self):
+        return self.head - self.tail
+
+    def close(self):
+        self.records = None
+        self.map.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ShmRingReader(ShmRing):
+    def follow(self, process, report_requested, wake_fd):
+        """Hands every record to process (views of the ring, valid during the call) until the
+        report is requested; memory_tracer requests it only once the ring is empty."""
+        tail = self.tail
+        mask = self.capacity - 1
+        while True:
+            head = self.head
+            if head == tail:
+                if report_requested():
+                    return
+                select.select([wake_fd], [], [], IDLE_WAIT_SECONDS)
+                continue
+            start = tail & mask
+            count = min(head - tail, self.capacity - start)
+            process(self.records[start:start + count])
+            tail += count
+            struct.pack_into("<Q", self.map, TAIL_OFFSET, tail)

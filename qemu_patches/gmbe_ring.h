@@ -1,0 +1,30 @@
+/*
+ * gmbe_ring.h - the shared-memory ring, the FIFO's faster alternative
+ * (memory_tracer --shared_memory_ring, for tools written with the Python API).
+ *
+ * One file, mapped by the plugin (the one producer) and the tool (the one
+ * consumer): this header, then `capacity` 16-byte records at data_offset.
+ * head counts the records ever written, tail those ever consumed; each side
+ * writes only its own counter, so no lock and no system call is needed while
+ * the stream flows. An empty ring makes the consumer poll, a full one makes
+ * the producer poll (20 us sleeps). memtracer/shm_ring.py is the Python side.
+ */
+#ifndef GMBE_RING_H
+#define GMBE_RING_H
+
+#include <stdint.h>
+
+#define GMBE_RING_MAGIC "GMBERNG\n"
+#define GMBE_RING_VERSION 1
+
+struct gmbe_ring_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t record_size;        /* 16 */
+    uint64_t capacity;           /* records; a power of two */
+    uint64_t data_offset;        /* bytes from the start of the file */
+    uint64_t head __attribute__((aligned(64)));   /* written by the producer only */
+    uint64_t tail __attribute__((aligned(64)));   /* written by the consumer only */
+};
+
+#endif
