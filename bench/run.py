@@ -7,8 +7,9 @@ times are memory_tracer's tracing_duration_in_milliseconds.
 
 Full-system start-up figures come from the same runs (memory_tracer -v): loadvm -> workload
 running, and the time to send a 1 MiB workload over the built-in image's virtio-serial port.
+The analysis tools' throughput is measured on a recorded trace (bench/tools.py).
 
-    python3 bench/run.py [--quick] [--rounds N] [--only system|user]
+    python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
 Writes bench/out/results.md and prints it."""
 import argparse
@@ -25,14 +26,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
 
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
+PYTHON_COUNT_SHM = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"),
+                    "--shared_memory_ring", "--print_trace_info"]
 TRACED_MODES = {
     "untraced": ["--dont_trace"],
     "traced": COUNT,
+    "traced shm ring": PYTHON_COUNT_SHM,
     "traced CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
 }
@@ -117,6 +123,7 @@ def median(runs, key):
 def suite_table(suite, rows):
     modes = list(SUITES[suite])
     header = ["workload", *[f"{m} ms" for m in modes], "untraced/native", "traced/native", "traced/untraced",
+              "shm ring/untraced",
               *(["CPL3-only/untraced"] if "traced CPL3-only" in modes else []), "sampled/untraced",
               "records", "M records/s traced", "dropped"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -126,7 +133,7 @@ def suite_table(suite, rows):
         records = traced["num_of_events_written_to_trace_buf"]
         ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}x"
         cells = [name, *[f"{ms[m]:.0f}" for m in modes], ratio("untraced", "native"), ratio("traced", "native"),
-                 ratio("traced", "untraced"),
+                 ratio("traced", "untraced"), ratio("traced shm ring", "untraced"),
                  *([ratio("traced CPL3-only", "untraced")] if "traced CPL3-only" in modes else []),
                  ratio("sampled 1/1024", "untraced"), f"{records:,}", f"{records / ms['traced'] / 1000:.0f}",
                  str(traced.get("num_of_dropped_events", 0))]
@@ -152,7 +159,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer workloads, smaller inputs, 3 rounds")
     parser.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3 quick, 5 full)")
-    parser.add_argument("--only", choices=list(SUITES), help="run one suite only")
+    parser.add_argument("--only", choices=[*SUITES, "tools"], help="run one suite only")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     lines = [machine_line(rounds), ""]
@@ -160,6 +167,9 @@ def main():
         if args.only in (None, suite):
             lines += [f"## {'Full-system (built-in image)' if suite == 'system' else 'User mode'}", "",
                       *suite_table(suite, measure(suite, rounds, args.quick)), ""]
+    if args.only in (None, "tools"):
+        with tempfile.TemporaryDirectory() as directory:
+            lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, directory), ""]
     text = "\n".join(lines)
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
