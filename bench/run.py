@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
-"""Benchmarks, side by side in one run: native, untraced QEMU, traced (lossless, to the C count
-tool), traced CPL3-only and sampled 1/1024, in full-system mode (the built-in image) and in user
-mode. Repetitions are interleaved (each round runs every mode once); the tables show medians and
-ratios. Every run goes through memory_tracer.py itself, so the figures are what a user gets; the
-times are memory_tracer's tracing_duration_in_milliseconds.
+"""The performance table, side by side in one run, with the anchors.
 
-Full-system start-up figures come from the same runs (memory_tracer -v): loadvm -> workload
-running, and the time to send a 1 MiB workload over the built-in image's virtio-serial port.
-The analysis tools' throughput is measured on a recorded trace (bench/tools.py).
+Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace), traced (lossless, to the C count
+tool through the FIFO), traced through the shared-memory ring (to the Python API's count.py),
+traced CPL3-only, traced sampled 1/1024; anchors: QEMU's own upstream `mem` plugin in its
+callback mode (tests/tcg/plugins/mem.c, built here from Debian's QEMU source, never committed)
+and, in user mode, Valgrind lackey --trace-mem=yes. In full-system mode (the built-in image) and
+user mode; workloads: a memory-heavy C loop and real Debian programs (gzip, sort, xz) on
+generated text (to_run_on_guest/programs/make_text.c, the same bytes everywhere). Rounds are
+interleaved (each runs every mode once); the tables show medians and ratios, never single times.
+Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
+
+Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
+runs, memory_tracer -v), and the analysis tools' throughput on a recorded trace (bench/tools.py).
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
-Writes bench/out/results.md and prints it."""
+--quick takes about 5 minutes on 2 cores and writes bench/out/; a full run about 25 minutes and
+also keeps its results in bench/RESULTS.md and bench/RESULTS.png."""
 import argparse
+import datetime
 import os
 import platform
-import random
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,68 +36,86 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import tools as bench_tools  # noqa: E402
-from memtracer.layout import (ANALYSIS_TOOLS_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
+from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
 
+OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
 PYTHON_COUNT_SHM = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"),
                     "--shared_memory_ring", "--print_trace_info"]
-TRACED_MODES = {
+MEM_PLUGIN = BUILD_DIR / "bench" / "libmem.so"
+QEMU_MODES = {
     "untraced": ["--dont_trace"],
     "traced": COUNT,
-    "traced shm ring": PYTHON_COUNT_SHM,
-    "traced CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
+    "shm ring": PYTHON_COUNT_SHM,
+    "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
+    "mem plugin": ["--dont_trace", "--qemu_plugin", f"{MEM_PLUGIN},callback=on"],
 }
 SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
-SUITES = {
-    "system": {"native": ["dummy", "dummy", "dummy", "--dont_use_qemu"],
-               **{mode: SYSTEM + args for mode, args in TRACED_MODES.items()}},
-    "user": {"native": ["dummy", "dummy", "dummy", "--dont_use_qemu"],
-             **{mode: ["--user_mode"] + args for mode, args in TRACED_MODES.items()
-                if mode != "traced CPL3-only"}},   # user mode has CPL 3 only
-}
+COLORS = {"traced": "tab:blue", "shm ring": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
+          "mem plugin": "tab:purple"}
+GOALS = """Goals: full-system traced/untraced <= 1.3x; user mode traced/native <= 5x; sampled 1/1024 <= 1.2x
+untraced; 0 dropped or missing; >= 150 M accesses/s delivered full-system."""
 
 
-def make_input(path, megabytes):
-    """Compressible pseudo-text, the same every time."""
-    rng = random.Random(42)
-    words = ["".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
-    with open(path, "w") as f:
-        written = 0
-        while written < megabytes << 20:
-            line = " ".join(rng.choice(words) for _ in range(12)) + "\n"
-            f.write(line)
-            written += len(line)
+# ----------------------------------------------------------------- workloads
+
+class Workload:
+    """One program with its arguments, run natively, under qemu-x86_64, or in the guest."""
+
+    def __init__(self, name, program, args, input_mib=None):
+        self.name, self.program, self.args, self.input_mib = name, program, args, input_mib
+
+    def host_args(self, data_dir):
+        args = self.args
+        if self.input_mib:
+            args += f" {data_dir}/input_{self.input_mib}.txt"
+        return ["--workload_path_on_host", self.program, "--workload_args", args]
+
+    def guest_args(self):
+        if not self.input_mib:   # a program of ours, sent from the host (the 1 MiB transfer figure)
+            return ["--workload_path_on_host", self.program, "--workload_args", self.args]
+        # A Debian program in the image: its input is made before the window opens.
+        return ["--workload_path_on_guest", "/usr/local/bin/bench_in_guest.sh",
+                "--workload_args", f"{self.input_mib} {self.program} {self.args}",
+                "--dont_add_communications_with_host_to_workload"]
+
+
+def workloads(suite, quick, data_dir):
+    mem_loop = one_mib_mem_loop(data_dir) if suite == "system" else str(GUEST_PROGRAMS_DIR / "mem_loop")
+    loop_kib = 32768 if suite == "system" or not quick else 8192
+    chosen = [Workload(f"mem_loop {loop_kib // 1024} MiB x2", mem_loop, f"{loop_kib} 2")]
+    mib = 1 if quick else 4
+    chosen.append(Workload(f"gzip -6 ({mib} MiB)", "/usr/bin/gzip", "-6 -c", mib))
+    if suite == "system" or not quick:
+        chosen.append(Workload(f"sort ({mib} MiB)", "/usr/bin/sort", "", mib))
+    if not quick:
+        chosen.append(Workload("xz -6 (1 MiB)", "/usr/bin/xz", "-6 -T1 -c", 1))
+    for w in chosen:
+        if w.input_mib and not (Path(data_dir) / f"input_{w.input_mib}.txt").exists():
+            with open(Path(data_dir) / f"input_{w.input_mib}.txt", "wb") as f:
+                subprocess.run([GUEST_PROGRAMS_DIR / "make_text", str(w.input_mib)], stdout=f, check=True)
+    return chosen
 
 
 def one_mib_mem_loop(data_dir):
     """mem_loop padded to 1 MiB (an ELF runs with bytes after it), for the transfer figure."""
     padded = Path(data_dir) / "mem_loop_1MiB"
-    shutil.copy(GUEST_PROGRAMS_DIR / "mem_loop", padded)
-    with open(padded, "ab") as f:
-        f.write(os.urandom((1 << 20) - padded.stat().st_size))
+    if not padded.exists():
+        shutil.copy(GUEST_PROGRAMS_DIR / "mem_loop", padded)
+        with open(padded, "ab") as f:
+            f.write(os.urandom((1 << 20) - padded.stat().st_size))
     return str(padded)
 
 
-def workloads(suite, quick, data_dir):
-    mem_loop = str(GUEST_PROGRAMS_DIR / "mem_loop")
-    if suite == "system":
-        return [("mem_loop 32 MiB x2 (1 MiB binary)", one_mib_mem_loop(data_dir), "32768 2")]
-    data = Path(data_dir) / "input.txt"
-    make_input(data, 2 if quick else 8)
-    chosen = [("mem_loop 32 MiB x2", mem_loop, "32768 2"), ("gzip -6", "/usr/bin/gzip", f"-6 -c {data}")]
-    if not quick:
-        chosen.append(("xz -6", "/usr/bin/xz", f"-6 -T1 -c {data}"))
-    return chosen
+# ----------------------------------------------------------------- running
 
-
-def run_once(suite, mode, program, args):
-    command = [sys.executable, str(REPO / "memory_tracer.py"), *SUITES[suite][mode],
-               "--workload_path_on_host", program, "--workload_args", args, "-v"]
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def memory_tracer(args):
+    result = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, args), "-v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{suite} {mode} run of {program} failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"memory_tracer.py {' '.join(map(str, args))} failed:\n{result.stderr[-2000:]}")
     values = {}
     for line in result.stdout.splitlines():
         name, _, value = line.rpartition(": ")
@@ -102,18 +127,49 @@ def run_once(suite, mode, program, args):
     return values
 
 
-def measure(suite, rounds, quick):
+def lackey(workload, data_dir):
+    """Valgrind lackey --trace-mem=yes on the program (its trace to /dev/null): wall-clock ms."""
+    args = workload.host_args(data_dir)[3].split()
+    start = time.monotonic()
+    subprocess.run(["valgrind", "--tool=lackey", "--trace-mem=yes", "--log-file=/dev/null", workload.program,
+                    *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return {"tracing_duration_in_milliseconds": (time.monotonic() - start) * 1000}
+
+
+def run_mode(suite, mode, workload, data_dir):
+    if mode == "native":
+        return memory_tracer(["dummy", "dummy", "dummy", "--dont_use_qemu", *workload.host_args(data_dir)])
+    if mode == "lackey":
+        return lackey(workload, data_dir)
+    if suite == "system":
+        return memory_tracer([*SYSTEM, *QEMU_MODES[mode], *workload.guest_args()])
+    return memory_tracer(["--user_mode", *QEMU_MODES[mode], *workload.host_args(data_dir)])
+
+
+def modes_of(suite):
+    modes = ["native", *QEMU_MODES]
+    if suite == "user":
+        modes.remove("CPL3-only")   # everything is CPL 3 in user mode
+        if shutil.which("valgrind"):
+            modes.append("lackey")
+    return modes
+
+
+def measure(suite, rounds, quick, data_dir):
     rows = []
-    with tempfile.TemporaryDirectory() as data_dir:
-        for name, program, args in workloads(suite, quick, data_dir):
-            runs = {mode: [] for mode in SUITES[suite]}
-            for _ in range(rounds):
-                for mode in SUITES[suite]:   # interleaved: every mode once per round
-                    runs[mode].append(run_once(suite, mode, program, args))
-            rows.append((name, runs))
-            print(f"measured {suite}: {name}", file=sys.stderr)
+    for workload in workloads(suite, quick, data_dir):
+        runs = {mode: [] for mode in modes_of(suite)}
+        for i in range(rounds):
+            for mode in runs:   # interleaved: every mode once per round
+                if mode == "lackey" and quick and i > 0:
+                    continue    # ~1000x native: one round is enough to place it
+                runs[mode].append(run_mode(suite, mode, workload, data_dir))
+        rows.append((workload.name, runs))
+        print(f"measured {suite}: {workload.name}", file=sys.stderr)
     return rows
 
+
+# ----------------------------------------------------------------- tables
 
 def median(runs, key):
     values = [r[key] for r in runs if key in r]
@@ -121,59 +177,129 @@ def median(runs, key):
 
 
 def suite_table(suite, rows):
-    modes = list(SUITES[suite])
-    header = ["workload", *[f"{m} ms" for m in modes], "untraced/native", "traced/native", "traced/untraced",
-              "shm ring/untraced",
-              *(["CPL3-only/untraced"] if "traced CPL3-only" in modes else []), "sampled/untraced",
-              "records", "M records/s traced", "dropped"]
+    modes = modes_of(suite)
+    ratios = [("traced", "native"), ("traced", "untraced"), ("shm ring", "untraced"),
+              *([("CPL3-only", "untraced")] if suite == "system" else []), ("sampled 1/1024", "untraced"),
+              ("mem plugin", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
+    header = ["workload", *[f"{m} ms" for m in modes], *[f"{a}/{b}" for a, b in ratios],
+              "M accesses/s traced", "dropped+missing"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary = {}
     for name, runs in rows:
         ms = {m: median(runs[m], "tracing_duration_in_milliseconds") for m in modes}
         traced = runs["traced"][-1]
         records = traced["num_of_events_written_to_trace_buf"]
-        ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}x"
-        cells = [name, *[f"{ms[m]:.0f}" for m in modes], ratio("untraced", "native"), ratio("traced", "native"),
-                 ratio("traced", "untraced"), ratio("traced shm ring", "untraced"),
-                 *([ratio("traced CPL3-only", "untraced")] if "traced CPL3-only" in modes else []),
-                 ratio("sampled 1/1024", "untraced"), f"{records:,}", f"{records / ms['traced'] / 1000:.0f}",
-                 str(traced.get("num_of_dropped_events", 0))]
-        lines.append("| " + " | ".join(cells) + " |")
+        lost = traced.get("num_of_dropped_events", 0) + traced.get("num_of_missing_events", 0)
+        rate = records / ms["traced"] / 1000
+        summary[name] = {f"{a}/{b}": ms[a] / ms[b] for a, b in ratios} | {"rate": rate, "lost": lost}
+        lines.append("| " + " | ".join([name, *[f"{ms[m]:.0f}" for m in modes],
+                                         *[f"{ms[a] / ms[b]:.2f}x" for a, b in ratios],
+                                         f"{rate:.0f}", str(lost)]) + " |")
     if suite == "system":
         untraced = [r for _, runs in rows for r in runs["untraced"]]
+        sent = [r for _, runs in rows for mode in runs for r in runs[mode] if "transfer" in r]
         lines += ["", f"loadvm -> workload running: {median(untraced, 'workload_started'):.2f} s "
                   f"(loadvm {median(untraced, 'loadvm'):.2f} s, runner answering "
                   f"{median(untraced, 'runner_answered'):.2f} s); sending the 1 MiB workload over "
-                  f"virtio-serial: {median(untraced, 'transfer') * 1000:.0f} ms (medians)."]
-    return lines
+                  f"virtio-serial: {median(sent, 'transfer') * 1000:.0f} ms (medians of {len(sent)})."]
+    return lines, summary
+
+
+def goals_lines(summaries):
+    system, user = summaries.get("system", {}), summaries.get("user", {})
+    checks = []
+    if system:
+        worst = max(v["traced/untraced"] for v in system.values())
+        checks.append(("full-system traced/untraced <= 1.3x", f"{worst:.2f}x (worst)", worst <= 1.3))
+        rate = min(v["rate"] for v in system.values())
+        checks.append((">= 150 M accesses/s full-system", f"{rate:.0f} M/s (lowest)", rate >= 150))
+    if user:
+        worst = max(v["traced/native"] for v in user.values())
+        checks.append(("user mode traced/native <= 5x", f"{worst:.2f}x (worst)", worst <= 5))
+    every = list(system.values()) + list(user.values())
+    if every:
+        worst = max(v["sampled 1/1024/untraced"] for v in every)
+        checks.append(("sampled 1/1024 <= 1.2x untraced", f"{worst:.2f}x (worst)", worst <= 1.2))
+        lost = sum(v["lost"] for v in every)
+        checks.append(("0 dropped or missing", str(lost), lost == 0))
+    return ["| goal | measured | met |", "|---|---|---|",
+            *[f"| {goal} | {value} | {'yes' if met else 'no'} |" for goal, value, met in checks]]
+
+
+def chart(summaries, path):
+    """Slowdown over untraced QEMU per mode and workload, both suites."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    suites = [s for s in ("system", "user") if s in summaries]
+    fig, axes = plt.subplots(1, len(suites), figsize=(7 * len(suites), 4.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        keys = [k for k in next(iter(summaries[suite].values())) if k.endswith("/untraced")]
+        names = list(summaries[suite])
+        width = 0.8 / len(keys)
+        for i, key in enumerate(keys):
+            values = [summaries[suite][n][key] for n in names]
+            mode = key.replace("/untraced", "")
+            ax.bar(np.arange(len(names)) + i * width, values, width, label=mode, color=COLORS[mode])
+        ax.axhline(1.3, color="grey", linestyle="--", linewidth=1, label="goal 1.3x")
+        ax.set_xticks(np.arange(len(names)) + width * (len(keys) - 1) / 2)
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel("time / untraced QEMU")
+        ax.set_title("Full system (built-in image)" if suite == "system" else "User mode (qemu-x86_64)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------- main
+
+def build_mem_plugin():
+    """QEMU's own mem plugin, from the Debian source build.py unpacked (never committed)."""
+    versions = __import__("json").loads((DEFAULT_QEMU_DIR / "VERSION.json").read_text())
+    tree = BUILD_DIR / "qemu-src" / versions["qemu_source"]
+    MEM_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
+    glib = subprocess.run(["pkg-config", "--cflags", "glib-2.0"], stdout=subprocess.PIPE, text=True).stdout.split()
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{tree / 'include' / 'qemu'}", *glib, "-o", MEM_PLUGIN,
+                    tree / "tests" / "tcg" / "plugins" / "mem.c"], check=True)
 
 
 def machine_line(rounds):
-    versions = (DEFAULT_QEMU_DIR / "VERSION.json").read_text().replace("\n", " ")
+    versions = (DEFAULT_QEMU_DIR / "VERSION.json").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    return (f"Medians of {rounds} interleaved rounds. CPU: {cpu}, {os.cpu_count()} cores. "
+    return (f"{datetime.date.today()}; medians of {rounds} interleaved rounds. CPU: {cpu}, {os.cpu_count()} cores. "
             f"QEMU: {' '.join(versions.split())}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer workloads, smaller inputs, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller workloads, 3 rounds")
     parser.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 3 quick, 5 full)")
-    parser.add_argument("--only", choices=[*SUITES, "tools"], help="run one suite only")
+    parser.add_argument("--only", choices=["system", "user", "tools"], help="run one part only")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
-    lines = [machine_line(rounds), ""]
-    for suite in SUITES:
-        if args.only in (None, suite):
-            lines += [f"## {'Full-system (built-in image)' if suite == 'system' else 'User mode'}", "",
-                      *suite_table(suite, measure(suite, rounds, args.quick)), ""]
-    if args.only in (None, "tools"):
-        with tempfile.TemporaryDirectory() as directory:
-            lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, directory), ""]
+    build_mem_plugin()
+    lines, summaries = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
+                        machine_line(rounds), ""], {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        for suite in ("system", "user"):
+            if args.only in (None, suite):
+                table, summaries[suite] = suite_table(suite, measure(suite, rounds, args.quick, data_dir))
+                lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
+                          *table, ""]
+        if args.only in (None, "tools"):
+            lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, data_dir), ""]
+    if summaries:
+        lines += ["## Goals", "", *goals_lines(summaries), ""]
     text = "\n".join(lines)
-    out = REPO / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "results.md").write_text(text)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.md").write_text(text)
+    if summaries:
+        chart(summaries, OUT / "results.png")
+    if not args.quick and args.only is None:
+        shutil.copy(OUT / "results.md", REPO / "bench" / "RESULTS.md")
+        shutil.copy(OUT / "results.png", REPO / "bench" / "RESULTS.png")
     print(text)
 
 

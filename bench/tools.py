@@ -88,7 +88,7 @@ def python_count_through_fifo(raw, directory):
 
 def measure(rounds, quick, directory):
     trace = record_trace(directory)
-    raw, records = raw_prefix(trace, 30_000_000 if quick else 100_000_000, directory)
+    raw, records = raw_prefix(trace, 20_000_000 if quick else 100_000_000, directory)
     with open(trace, "rb") as f:
         total = int.from_bytes(f.read(64)[40:48], "little")
     runs = {**{name: [*program, raw, *options] for name, (program, options) in TOOL_RUNS.items()},

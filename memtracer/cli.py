@@ -134,6 +134,9 @@ def build_parser():
     extensions.add_argument("--shared_memory_ring", action="store_true",
                             help="Hand the records to the analysis tool through a shared-memory ring instead "
                                  "of the FIFO (faster; tools written with memtracer.analysis_api read both).")
+    extensions.add_argument("--qemu_plugin", metavar="PATH[,ARG=VALUE...]",
+                            help="With --dont_trace: load this TCG plugin instead (e.g. QEMU's own mem "
+                                 "plugin, to compare with GMBEOO); its output is shown with -v.")
     extensions.add_argument("--run_on_private_copy", action="store_true",
                             help="Run QEMU on a private copy of guest_image_path (removed afterwards), "
                                  "so that several runs can use one image at once and the image is never "
@@ -169,6 +172,10 @@ def validate(parser, args):
         _require("fifo", "trace_fifo_path", args.trace_fifo_path)
     settings = TraceSettings(args.trace_only_CPL3_code_GMBE, args.log_of_GMBE_block_len,
                              args.log_of_GMBE_tracing_ratio, args.drop_when_trace_fifo_full).validate()
+    if args.qemu_plugin is not None:
+        if not args.dont_trace:
+            raise BadInputError("--qemu_plugin needs --dont_trace (GMBEOO and another plugin are not loaded together).")
+        _require("file", "qemu_plugin", args.qemu_plugin.split(",")[0])
     if args.shared_memory_ring and args.analysis_tool_path is None:
         raise BadInputError("--shared_memory_ring needs --analysis_tool_path (a tool of memtracer.analysis_api).")
     if args.timeout is not None and not args.timeout > 0:
@@ -195,6 +202,11 @@ def validate(parser, args):
     return _run_request(args, settings, [workload, *workload_args]), qemu_dir, None
 
 
+def _absolute_plugin(argument):
+    path, _, rest = argument.partition(",")
+    return os.path.abspath(path) + ("," + rest if rest else "")
+
+
 def _split_words(name, text):
     try:
         return shlex.split(text)
@@ -210,6 +222,7 @@ def _run_request(args, settings, workload_argv):
         analysis_tool_path=args.analysis_tool_path and os.path.abspath(args.analysis_tool_path),
         analysis_tool_args=args.analysis_tool_words,
         shared_memory_ring=args.shared_memory_ring,
+        other_plugin=args.qemu_plugin and _absolute_plugin(args.qemu_plugin),
         trace_fifo_path=args.trace_fifo_path and os.path.abspath(args.trace_fifo_path),
         traced=not (args.dont_trace or args.dont_use_qemu),
         native=args.dont_use_qemu,

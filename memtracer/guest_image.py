@@ -3,6 +3,7 @@
 FAT file system filled with mtools and made bootable with syslinux, converted to qcow2, booted
 once and saved with `savevm` (see snapshot.py)."""
 import gzip
+import os
 import shutil
 import stat
 import subprocess
@@ -17,7 +18,9 @@ BUSYBOX_PACKAGE = "busybox-static"
 # virtio-serial is modular in the cloud kernel; busybox insmod loads these in this order.
 VIRTIO_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                   "virtio_pci", "virtio_console"]
-FAT_SIZE_KIB = 48 * 1024
+FAT_SIZE_KIB = 64 * 1024
+# Real programs from Debian packages, copied into the guest with their libraries (the benchmark).
+GUEST_DEBIAN_PROGRAMS = ["gzip", "xz", "sort"]
 IMAGE_FILES = REPO_DIR / "to_run_on_guest" / "image"
 
 
@@ -77,19 +80,42 @@ def _newc_entry(name, mode, data=b"", rdev=(0, 0)):
     return header + name_bytes + pad(len(header) + len(name_bytes)) + data + pad(len(data))
 
 
-def make_initramfs(busybox, runner, modules, init_text=None):
-    """gzip'd newc cpio, written in Python so /dev/console can be a device node without root."""
+def make_initramfs(busybox, runner, modules, init_text=None, extra_files=None):
+    """gzip'd newc cpio, written in Python so /dev/console can be a device node without root.
+    extra_files: {path in the guest: path on the host}."""
     init = init_text.encode() if init_text is not None else (IMAGE_FILES / "init").read_bytes()
-    entries = [_newc_entry(d, stat.S_IFDIR | 0o755)
-               for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
-    entries.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
-    entries.append(_newc_entry("init", stat.S_IFREG | 0o755, init))
-    entries.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()))
-    entries.append(_newc_entry("bin/runner", stat.S_IFREG | 0o755, Path(runner).read_bytes()))
+    files = {"init": (0o755, init), "bin/busybox": (0o755, Path(busybox).read_bytes()),
+             "bin/runner": (0o755, Path(runner).read_bytes())}
     for name, path in modules.items():
-        entries.append(_newc_entry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, path.read_bytes()))
+        files[f"lib/modules/{name}.ko"] = (0o644, path.read_bytes())
+    for guest_path, host_path in (extra_files or {}).items():
+        files[guest_path.lstrip("/")] = (os.stat(host_path).st_mode & 0o777, Path(host_path).read_bytes())
+    directories = {"dev", "proc", "sys", "tmp"}
+    for name in files:
+        parts = name.split("/")[:-1]
+        directories.update("/".join(parts[:i + 1]) for i in range(len(parts)))
+    entries = [_newc_entry(d, stat.S_IFDIR | 0o755) for d in sorted(directories)]   # parents first
+    entries.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    entries += [_newc_entry(name, stat.S_IFREG | mode, data) for name, (mode, data) in files.items()]
     entries.append(_newc_entry("TRAILER!!!", 0))
     return gzip.compress(b"".join(entries), 6, mtime=0)
+
+
+def debian_programs_with_libraries(programs):
+    """{path: path} for programs of this host and the shared libraries they load (ldd), so the
+    busybox guest runs them as they are: real programs from Debian packages, for the benchmark."""
+    files = {}
+    for program in programs:
+        real = shutil.which(program)
+        if real is None:
+            raise BuildError(f"{program} is not installed on this host (it goes into the guest image)")
+        files[real] = os.path.realpath(real)
+        for line in run(["ldd", real]).splitlines():
+            # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            path = line.split("=>")[-1].split("(")[0].strip()
+            if path.startswith("/"):
+                files[path] = os.path.realpath(path)
+    return files
 
 
 # ----------------------------------------------------------------- the bootable disk
@@ -105,15 +131,20 @@ def make_boot_disk(raw_path, vmlinuz, initrd_bytes, work):
     run(["mcopy", "-i", str(raw_path), str(work / "vmlinuz"), str(initrd), str(work / "syslinux.cfg"), "::"])
 
 
-def build_disk_image(qemu_img, runner, destination, progress):
-    """Makes destination (qcow2, not yet snapshotted); returns the kernel package's name."""
+def build_disk_image(qemu_img, runner, destination, progress, guest_programs=()):
+    """Makes destination (qcow2, not yet snapshotted); returns the kernel package's name.
+    guest_programs (static, of to_run_on_guest/) go to /usr/local/bin, with the Debian programs
+    of GUEST_DEBIAN_PROGRAMS and their libraries at the paths they have here."""
     with tempfile.TemporaryDirectory(prefix="memory_tracer-image-", dir=GUEST_IMAGE_DIR) as tmp:
         work = Path(tmp)
         progress("downloading the cloud kernel and busybox-static (apt-get download)")
         kernel_package, vmlinuz, modules = unpack_kernel(work)
         busybox = unpack_busybox(work)
         progress(f"making the initramfs and the boot disk ({kernel_package})")
-        initrd = make_initramfs(busybox, runner, modules)
+        extra = debian_programs_with_libraries(GUEST_DEBIAN_PROGRAMS)
+        extra.update({f"/usr/local/bin/{Path(p).name}": p for p in guest_programs})
+        extra["/usr/local/bin/bench_in_guest.sh"] = IMAGE_FILES / "bench_in_guest.sh"
+        initrd = make_initramfs(busybox, runner, modules, extra_files=extra)
         raw = work / "disk.raw"
         make_boot_disk(raw, vmlinuz, initrd, work)
         run([str(qemu_img), "convert", "-f", "raw", "-O", "qcow2", str(raw), str(destination)])

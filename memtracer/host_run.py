@@ -37,6 +37,7 @@ class RunRequest:
     analysis_tool_path: str = None
     analysis_tool_args: list = field(default_factory=list)
     shared_memory_ring: bool = False
+    other_plugin: str = None           # --dont_trace --qemu_plugin: another TCG plugin, for comparisons
     trace_fifo_path: str = None
     traced: bool = True
     native: bool = False
@@ -99,6 +100,8 @@ class HostRun:
                 *self.request.settings.plugin_args(),
             ]
             command += ["-plugin", ",".join(plugin_args)]
+        elif self.request.other_plugin:
+            command += ["-plugin", self.request.other_plugin]
         return command + argv
 
     def _connect_control(self, qemu_alive):

@@ -57,7 +57,8 @@ GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
                   for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]
 
 RUNNER_SOURCE = "to_run_on_guest/runner.c"
-GUEST_IMAGE_SOURCES = [REPO_DIR / "to_run_on_guest" / "image" / name for name in ("init", "syslinux.cfg")]
+GUEST_IMAGE_SOURCES = [REPO_DIR / "to_run_on_guest" / "image" / name
+                       for name in ("init", "syslinux.cfg", "bench_in_guest.sh")]
 
 QEMU_SOURCE_DIR = BUILD_DIR / "qemu-src"
 QEMU_USER_BUILD_DIR = BUILD_DIR / "qemu-user-build"
@@ -267,11 +268,15 @@ def build_guest_programs():
     step(f"guest runner: {'compiled' if built else 'up to date'}")
 
 
+def guest_program_paths():
+    return [GUEST_PROGRAMS_DIR / name for name, _ in GUEST_PROGRAMS]
+
+
 def guest_image_up_to_date(qemu_version):
     sidecar = MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)
     if not DEFAULT_GUEST_IMAGE.exists() or not sidecar.exists():
         return False
-    if out_of_date(DEFAULT_GUEST_IMAGE, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES]):
+    if out_of_date(DEFAULT_GUEST_IMAGE, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES, *guest_program_paths()]):
         return False
     saved = json.loads(sidecar.read_text())
     return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT
@@ -287,7 +292,7 @@ def build_guest_image(qemu_version, remake=False):
     fresh_sidecar = MachineProfile.sidecar_path(fresh)
     try:
         build_disk_image(DEFAULT_QEMU_DIR / "qemu-img", GUEST_RUNNER, fresh,
-                         lambda message: step(f"guest image: {message}"))
+                         lambda message: step(f"guest image: {message}"), guest_program_paths())
         step(f"guest image: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r} "
              f"({DEFAULT_GUEST_RAM_MB} MiB RAM)")
         save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -105,6 +106,8 @@ class SystemRun:
         self.process = self.channel.run([workload_path, *self.target.workload_args],
                                         wrap=not self.request.follow_protocol, timeout=REQUEST_TIMEOUT_SECONDS)
         self._cleanup.callback(self.process.close)
+        if self.request.verbose:
+            self.process.logfile_read = sys.stderr   # the workload's own output, as in user mode
         self.timings["workload_started"] = time.monotonic() - started
         log.debug("timings (s after starting QEMU): %s",
                   " ".join(f"{k}={v:.3f}" for k, v in self.timings.items()))
@@ -155,7 +158,8 @@ class SystemRun:
 
     def _plugin_argument(self):
         if not self.request.traced:
-            return None   # untraced runs measure QEMU itself, without the plugin loaded
+            # Untraced runs measure QEMU itself (or with a plugin of the user's, for comparisons).
+            return self.request.other_plugin
         return ",".join([str(self.qemu_dir.plugin),
                          self.consumer.plugin_argument,
                          f"control_socket_path={CONTROL_SOCKET}",   # relative to QEMU's directory
