@@ -231,7 +231,18 @@ def _run_request(args, settings, workload_argv):
     )
 
 
+def _require_program(path):
+    """The guest runs what the host sends: it must be an ELF executable or a #! script."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start != b"\x7fELF" and not start.startswith(b"#!"):
+        raise BadInputError(f"workload_path_on_host must be a program (an ELF executable or a #! script), "
+                            f"but {path} isn't.")
+
+
 def _system_run_plan(args, settings, workload_args):
+    if args.workload_path_on_host is not None:
+        _require_program(args.workload_path_on_host)
     if args.guest_RAM_in_MBs <= 0:
         raise BadInputError(f"guest_RAM_in_MBs must be a positive number of MiB, but {args.guest_RAM_in_MBs} isn't.")
     qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
@@ -281,11 +292,11 @@ def main(argv=None):
                     print_report(result, args)
                     if target.keep_qemu:
                         system_run.hand_over()
-    except KeyboardInterrupt:
-        print("memory_tracer.py: interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except Interrupted as exc:
         print(exc, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("memory_tracer.py: interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryTracerError as exc:
         if args.verbose:

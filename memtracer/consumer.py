@@ -14,10 +14,13 @@ from .trace_fifo import TraceFifo
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_SECONDS = 60      # starting a tool (it may load large inputs first)
-OPEN_FIFO_TIMEOUT_SECONDS = 30  # from `Ready to analyze` (or the start) to opening the FIFO
-DRAIN_TIMEOUT_SECONDS = 600     # a slow reader finishing the last pipe-full
-OUTPUT_TIMEOUT_SECONDS = 120    # from SIGUSR1 to the end marker
+# How long a reader may take for each step of the protocol; MEMORY_TRACER_TOOL_TIMEOUT (seconds)
+# replaces them all, e.g. for a tool that loads a large input first, or to fail fast.
+_OVERRIDE = float(os.environ.get("MEMORY_TRACER_TOOL_TIMEOUT", "0")) or None
+READY_TIMEOUT_SECONDS = _OVERRIDE or 60      # starting a tool
+OPEN_FIFO_TIMEOUT_SECONDS = _OVERRIDE or 30  # from `Ready to analyze` (or the start) to opening the FIFO
+DRAIN_TIMEOUT_SECONDS = _OVERRIDE or 600     # a slow reader finishing the last pipe-full
+OUTPUT_TIMEOUT_SECONDS = _OVERRIDE or 120    # from SIGUSR1 to the end marker
 
 
 def tool_environment(settings):

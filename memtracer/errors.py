@@ -44,5 +44,6 @@ class TraceFifoError(MemoryTracerError):
     """The trace FIFO could not be opened or nobody read it."""
 
 
-class Interrupted(MemoryTracerError):
-    """The user asked us to stop (SIGINT or SIGTERM)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (a KeyboardInterrupt, so that no library that catches
+    Exception, asyncio's event loop included, can swallow it), with its own message."""

@@ -272,8 +272,13 @@ class GuestProcess(pexpect.fdpexpect.fdspawn):
         return not self._exit.is_set() and not self.channel.closed.is_set()
 
     def wait(self, timeout=None):
-        if not self._exit.wait(timeout) and self.channel.closed.is_set():
-            raise WorkloadError(f"the guest's {self.channel.name} closed before the workload's exit was reported")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._exit.wait(0.1):
+            if self.channel.closed.is_set():
+                raise WorkloadError(f"the guest's {self.channel.name} closed before the workload's exit "
+                                    "was reported")
+            if deadline is not None and time.monotonic() > deadline:
+                break
         return self.exitstatus
 
     def kill_workload(self):

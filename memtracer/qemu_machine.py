@@ -145,6 +145,9 @@ LOAD_ERRORS = [
      "the snapshot {snapshot!r} was saved with another QEMU configuration (machine type, devices "
      "or -smp){saved_with}; remake it with this QEMU (for the built-in image: `python3 build.py "
      "--remake_guest_image`)"),
+    (r"unsupported machine type|Invalid machine type|machine type '.*' not found",
+     "the snapshot {snapshot!r} was saved with a machine type this QEMU does not have{saved_with}; "
+     "remake it with this QEMU (for the built-in image: `python3 build.py --remake_guest_image`)"),
     (r"gtk initialization failed|Could not initialize SDL|Failed to open display|cannot open display",
      "--dont_use_nographic needs a display for QEMU's window, but QEMU found none (is DISPLAY set?); "
      "run without --dont_use_nographic"),

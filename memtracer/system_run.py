@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from .consumer import make_consumer
-from .errors import BadInputError, QemuError
+from .errors import BadInputError, QemuError, WorkloadError
 from .guest_channel import GuestChannel
 from .host_run import RunResult
 from .monitor import hand_over_monitor
@@ -231,8 +231,13 @@ class SystemRun:
         """Wait for `Stop tracing`, keeping an eye on the consumer; False when --timeout passed."""
         deadline = None if self.request.timeout is None else time.monotonic() + self.request.timeout
         while True:
-            if session.wait_for_stop(timeout=0.2):
-                return True
+            try:
+                if session.wait_for_stop(timeout=0.2):
+                    return True
+            except WorkloadError:
+                if self._qemu_ended_within(2):   # the guest's ports closed because QEMU ended
+                    raise self.machine.failure("ended while the workload ran") from None
+                raise
             if self.consumer is not None:
                 self.consumer.check()
             if not self.machine.is_alive():
@@ -241,6 +246,13 @@ class SystemRun:
                                  f"{self.progress.elapsed():.0f} s")
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+    def _qemu_ended_within(self, seconds):
+        try:
+            self.machine.process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
 
     def _close_window(self):
         if self.control is None:

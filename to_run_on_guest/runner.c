@@ -8,7 +8,9 @@
  *
  * It prints nothing by itself: after loadvm the host pings until it answers.
  * Built static (with zlib, for gzip-compressed workloads), so it runs in any
- * x86_64 Linux guest.  Usage: runner [work directory]   (default /tmp)
+ * x86_64 Linux guest.
+ * Usage: runner [WORK_DIRECTORY (default /tmp) [PORT...]]: PORTs replace the
+ * serial and virtio ports (at most two; the tests use a pseudo-terminal).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -27,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -35,6 +38,7 @@
 #define SERIAL_PATH "/dev/ttyS0"
 #define VIRTIO_PORT_NAME "org.memory_tracer.0"
 #define OUTPUT_CHUNK 4096
+#define PARTIAL_FRAME_PATIENCE_MS 1000
 
 typedef struct {
     const char *name;
@@ -42,6 +46,7 @@ typedef struct {
     uint8_t *buf;          /* bytes received, not yet parsed */
     size_t len, cap;
     bool hung_up;          /* virtio-serial: no host connected right now */
+    long long last_data_ms;
 } Channel;
 
 static Channel channels[2];
@@ -443,6 +448,27 @@ static void parse_frames(Channel *c)
     c->len -= pos;
 }
 
+/*
+ * Nothing arrived for a while and a frame is still incomplete: it was truncated
+ * (or its length field corrupted). Skip its first byte so that what follows is
+ * parsed; the host sends the frame again when it gets no answer.
+ */
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void drop_stalled_frame(Channel *c)
+{
+    if (c->len > 0 && now_ms() - c->last_data_ms >= PARTIAL_FRAME_PATIENCE_MS) {
+        memmove(c->buf, c->buf + 1, c->len - 1);
+        c->len--;
+        parse_frames(c);
+    }
+}
+
 static void read_channel(Channel *c)
 {
     if (c->cap - c->len < 65536) {
@@ -455,16 +481,18 @@ static void read_channel(Channel *c)
         return;
     }
     c->hung_up = false;
+    c->last_data_ms = now_ms();
     c->len += (size_t)n;
     parse_frames(c);
 }
 
 /* ------------------------------------------------------------ set-up */
 
-static void open_serial(void)
+/* A serial port (or any terminal, or any file descriptor that carries frames). */
+static void open_port(const char *path)
 {
-    int fd = open(SERIAL_PATH, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (fd < 0) {
+    int fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 || num_channels == 2) {
         return;
     }
     struct termios t;
@@ -472,9 +500,9 @@ static void open_serial(void)
         cfmakeraw(&t);
         cfsetspeed(&t, B115200);
         tcsetattr(fd, TCSANOW, &t);
+        tcflush(fd, TCIOFLUSH);
     }
-    tcflush(fd, TCIOFLUSH);
-    channels[num_channels++] = (Channel){ .name = SERIAL_PATH, .fd = fd };
+    channels[num_channels++] = (Channel){ .name = path, .fd = fd };
 }
 
 /* The port's node is /dev/vportNpM; its name is in sysfs (no udev needed). */
@@ -513,8 +541,14 @@ int main(int argc, char **argv)
     if (argc > 1) {
         work_dir = argv[1];
     }
-    open_serial();
-    open_virtio_port();
+    if (argc > 2) {
+        for (int i = 2; i < argc; i++) {
+            open_port(argv[i]);   /* given ports (the tests run the runner on a host pty) */
+        }
+    } else {
+        open_port(SERIAL_PATH);
+        open_virtio_port();
+    }
     if (num_channels == 0) {
         fprintf(stderr, "runner: neither %s nor the virtio port %s can be opened\n",
                 SERIAL_PATH, VIRTIO_PORT_NAME);
@@ -542,10 +576,16 @@ int main(int argc, char **argv)
         }
         fds[n++] = (struct pollfd){ .fd = sigfd, .events = POLLIN };
         fds[n++] = (struct pollfd){ .fd = pty_hung_up ? -1 : pty_master, .events = POLLIN };
-        int ready = poll(fds, (nfds_t)n, any_hung_up ? 100 : -1);
+        bool any_partial = false;
+        for (int i = 0; i < num_channels; i++) {
+            any_partial |= channels[i].len > 0;
+        }
+        int timeout = any_hung_up ? 100 : any_partial ? PARTIAL_FRAME_PATIENCE_MS : -1;
+        int ready = poll(fds, (nfds_t)n, timeout);
         if (ready <= 0) {
             for (int i = 0; i < num_channels; i++) {
                 channels[i].hung_up = false;
+                drop_stalled_frame(&channels[i]);
             }
             continue;
         }

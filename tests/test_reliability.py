@@ -1,0 +1,318 @@
+"""Runs that go wrong say so in one line, lose nothing silently, and leave the machine as they found
+it: bad input, faults during a run, signals at each phase, the guest channel fuzzed, and load."""
+import os
+import pty
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tty
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
+                      processes_mentioning, system, trace_info)
+from memtracer.guest_channel import ACK, MAGIC, PING, PONG, FrameParser, encode_frame
+from test_system_mode import image_fingerprint
+
+KNOWN = PROGRAMS / "known_accesses"
+PROTOCOL = "--dont_add_communications_with_host_to_workload"
+FAST_FAIL = dict(os.environ, MEMORY_TRACER_TOOL_TIMEOUT="3")
+RUNNER = REPO / "build" / "guest_programs" / "runner"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def image_unchanged():
+    """Whatever goes wrong in this module, the built-in image and its snapshot stay as they were."""
+    before = image_fingerprint(GUEST_IMAGE)
+    yield
+    assert image_fingerprint(GUEST_IMAGE) == before
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+    yield
+    assert processes_mentioning("qemu-system-x86_64") == []
+    assert [p for p in os.listdir("/dev/shm") if p.startswith("memory_tracer-")] == []
+
+
+def one_line_error(run, returncode=1):
+    assert run.returncode == returncode, run.stdout + run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    return run.stderr.strip()
+
+
+# ----------------------------------------------------------------- bad input
+
+def test_corrupt_image(tracer, tmp_path):
+    image = tmp_path / "corrupt.qcow2"
+    image.write_bytes(b"QFI\xfb" + os.urandom(4092))
+    message = one_line_error(tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace"))
+    assert message.startswith(f"guest_image_path must be a qcow2 image, but {image} isn't")
+
+
+def test_workload_that_is_not_a_program(tracer, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a program\n")
+    message = one_line_error(tracer(*system("--workload_path_on_host", text, "--dont_trace")))
+    assert message == (f"workload_path_on_host must be a program (an ELF executable or a #! script), "
+                       f"but {text} isn't.")
+
+
+def test_unknown_machine_type_of_a_snapshot(tracer, tmp_path):
+    import json
+    import shutil
+    image = tmp_path / "copy.qcow2"
+    shutil.copyfile(GUEST_IMAGE, image)
+    description = json.loads(open(str(GUEST_IMAGE) + ".memory_tracer.json").read())
+    open(str(image) + ".memory_tracer.json", "w").write(json.dumps({**description, "machine": "pc-i440fx-99.0"}))
+    message = one_line_error(tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace"))
+    assert "machine type this QEMU does not have" in message and "pc-i440fx-99.0" in message
+
+
+@pytest.mark.parametrize("tool,message", [
+    ("/bin/true", "the analysis tool /bin/true exited (exit code 0) before printing 'Ready to analyze'."),
+    (TEST_TOOLS / "never_ready.py", f"the analysis tool {TEST_TOOLS / 'never_ready.py'} did not print "
+                                    "'Ready to analyze' within 3 s."),
+])
+def test_analysis_tool_that_breaks_the_protocol_at_the_start(tracer, tool, message):
+    started = time.monotonic()
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--analysis_tool_path", tool), env=FAST_FAIL)
+    assert one_line_error(run) == message
+    assert time.monotonic() - started < 30
+
+
+def test_analysis_tool_that_never_prints_its_end_marker(tracer):
+    started = time.monotonic()
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL,
+                         "--analysis_tool_path", TEST_TOOLS / "no_end_marker.py"), env=FAST_FAIL)
+    assert "-----end analysis output-----" in one_line_error(run)
+    assert time.monotonic() - started < 30
+
+
+def test_trace_fifo_path_without_a_reader(tracer, tmp_path):
+    fifo = tmp_path / "nobody.fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--trace_fifo_path", fifo), env=FAST_FAIL)
+    assert "trace_fifo_path" in one_line_error(run)
+    assert time.monotonic() - started < 30
+
+
+# ----------------------------------------------------------------- faults during a run
+
+def test_workload_that_exits_without_stop_tracing(tracer):
+    run = tracer(*system("--workload_path_on_guest", "/bin/busybox", "--workload_args", "echo hello", PROTOCOL,
+                         "--analysis_tool_path", TOOLS / "count"))
+    assert one_line_error(run) == ("the workload ended (exit code 0) before printing "
+                                   "'-----begin workload info-----'.")
+
+
+def test_analysis_tool_that_crashes_mid_stream(tracer):
+    run = tracer(*system("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "65536 4",
+                         "--analysis_tool_path", TEST_TOOLS / "crash_mid_stream.py"))
+    message = one_line_error(run)
+    assert "crash_mid_stream.py" in message and "SIGSEGV" in message
+
+
+def test_qemu_killed_during_the_run(tracer, private_tmp):
+    killer = threading.Thread(target=kill_qemu_when_it_runs, args=(str(private_tmp),))
+    killer.start()
+    run = tracer(*system("--workload_path_on_host", PROGRAMS / "spin_forever", "--dont_trace"))
+    killer.join()
+    assert one_line_error(run).startswith("QEMU ended while the workload ran")
+
+
+def kill_qemu_when_it_runs(tmp, deadline_seconds=60):
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        for pid in processes_mentioning("qemu-system-x86_64"):
+            if os.path.realpath(f"/proc/{pid}/cwd").startswith(tmp):
+                time.sleep(1.5)   # loaded, the workload running
+                os.kill(int(pid), signal.SIGKILL)
+                return
+        time.sleep(0.05)
+
+
+def test_consumer_that_stalls_then_resumes_loses_nothing(tracer):
+    run = tracer(*system("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "16384 2",
+                         "--analysis_tool_path", TEST_TOOLS / "stalling_count.py", "--print_trace_info"))
+    assert run.returncode == 0, run.stderr
+    counts = analysis_counts(run.stdout)
+    assert counts["stalled_ms"] >= 1000
+    assert counts["num_of_records"] == trace_info(run.stdout)["num_of_events_written_to_trace_buf"]
+    assert "num_of_dropped_events" not in trace_info(run.stdout)
+
+
+# ----------------------------------------------------------------- signals at each phase
+
+PHASES = {
+    "loading": "loading the snapshot",
+    "transfer": "sending the workload",
+    "tracing": "the workload runs",
+    "analysis": "delivering the last records",
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_at_each_phase_cleans_up(private_tmp, phase, signum):
+    # For the analysis phase, a tool that takes its time over the report.
+    tool = TEST_TOOLS / "no_end_marker.py" if phase == "analysis" else TOOLS / "count"
+    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, system(
+                            "--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "16384 2",
+                            "--analysis_tool_path", tool, "-v"))],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    for line in run.stderr:
+        if PHASES[phase] in line:
+            break
+    run.send_signal(signum)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] in ("memory_tracer.py: interrupted.",
+                                               "memory_tracer.py: stopped by SIGTERM.")
+    assert processes_mentioning(str(private_tmp)) == []
+
+
+# ----------------------------------------------------------------- the guest channel, fuzzed
+
+def valid_frames():
+    return st.builds(encode_frame, st.sampled_from([PING, PONG, ACK, b"O"]), st.binary(max_size=300))
+
+
+def corrupted(frame_and_position):
+    frame, position = frame_and_position
+    position %= len(frame)
+    return frame[:position] + bytes([frame[position] ^ 0x5A]) + frame[position + 1:]
+
+
+noise = st.binary(max_size=200).map(lambda b: b.replace(MAGIC, b"MTRx"))
+bad_frames = st.one_of(
+    st.tuples(valid_frames(), st.integers(4, 10_000)).map(corrupted),                 # a flipped byte
+    st.tuples(valid_frames(), st.integers(1, 10_000)).map(lambda t: t[0][:t[1] % len(t[0])]),  # truncated
+    st.binary(max_size=8).map(lambda b: MAGIC + b"P" + (0xFFFFFFF0).to_bytes(4, "little") + b),  # oversized
+    noise,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.tuples(st.booleans(), valid_frames(), bad_frames), max_size=8),
+       cuts=st.lists(st.integers(1, 64), max_size=20))
+def test_host_parser_finds_every_intact_frame(pieces, cuts):
+    """Valid frames between noise and broken frames, fed in arbitrary pieces: every valid frame
+    that is not swallowed by a truncated one before it comes out whole, in order."""
+    stream, expected = b"", []
+    for before, frame, bad in pieces:
+        if before:
+            stream += bad
+        stream += frame
+        expected.append(frame)
+    parser, frames, offset = FrameParser(), [], 0
+    for cut in cuts + [len(stream)]:
+        frames += parser.feed(stream[offset:offset + cut])
+        offset += cut
+    parser_out = [encode_frame(kind, payload) for kind, payload, ok in frames if ok]
+    # A truncated frame may swallow the next bytes; every frame that came out must be one sent, in order.
+    remaining = iter(expected)
+    assert all(any(f == e for e in remaining) for f in parser_out)
+    if not any(True for _, _, bad in pieces):
+        assert parser_out == expected
+
+
+@pytest.fixture(scope="module")
+def runner_on_a_pty(tmp_path_factory):
+    """The real guest runner, on this host, with a pseudo-terminal as its serial port."""
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    work = tmp_path_factory.mktemp("runner")
+    process = subprocess.Popen([RUNNER, work, os.ttyname(slave)])
+    yield process, master
+    process.kill()
+    process.wait()
+    os.close(master)
+    os.close(slave)
+
+
+def ping(master, nonce, timeout=5.0):
+    """True when the runner answers this ping (resent every second, as the host does)."""
+    parser = FrameParser()
+    deadline = time.monotonic() + timeout
+    next_send = 0.0
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            os.write(master, encode_frame(PING, nonce))
+            next_send = time.monotonic() + 1.2
+        import select
+        if select.select([master], [], [], 0.1)[0]:
+            for kind, payload, ok in parser.feed(os.read(master, 65536)):
+                if ok and kind == PONG and payload == nonce:
+                    return True
+    return False
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(bad_frames, min_size=1, max_size=5), nonce=st.binary(min_size=8, max_size=8))
+def test_runner_survives_broken_frames(runner_on_a_pty, garbage, nonce):
+    process, master = runner_on_a_pty
+    for piece in garbage:
+        os.write(master, piece)
+    assert ping(master, nonce), "the runner stopped answering"
+    assert process.poll() is None
+
+
+# ----------------------------------------------------------------- security
+
+def test_private_directory_and_sockets(tracer, private_tmp):
+    seen = {}
+
+    def look():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            for entry in os.listdir(private_tmp):
+                path = private_tmp / entry
+                sockets = [p for p in path.iterdir() if stat.S_ISSOCK(p.lstat().st_mode)] if path.is_dir() else []
+                if len(sockets) >= 3:
+                    seen["mode"] = stat.S_IMODE(path.stat().st_mode)
+                    seen["sockets"] = sorted(p.name for p in sockets)
+                    seen["owner"] = path.stat().st_uid
+            time.sleep(0.02)
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--analysis_tool_path", TOOLS / "count"))
+    watcher.join()
+    assert run.returncode == 0, run.stderr
+    assert seen["mode"] == 0o700 and seen["owner"] == os.getuid()
+    assert {"qmp.sock", "monitor.sock", "serial.sock"} <= set(seen["sockets"])
+
+
+# ----------------------------------------------------------------- load
+
+def test_a_hundred_runs_back_to_back(tracer):
+    fds_before = len(os.listdir("/proc/self/fd"))
+    available = []
+    for i in range(100):
+        run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--analysis_tool_path", TOOLS / "count"))
+        assert run.returncode == 0, (i, run.stderr)
+        assert analysis_counts(run.stdout)["range_store_8_unsigned"] == 111
+        if i % 25 == 0:
+            available.append(int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0]))
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert max(available) - min(available) < 512 * 1024   # KiB: no growth run after run
+
+
+def test_parallel_runs_on_private_copies(private_tmp):
+    command = [sys.executable, str(REPO / "memory_tracer.py"), *map(str, system(
+        "--workload_path_on_host", KNOWN, PROTOCOL, "--analysis_tool_path", TOOLS / "count",
+        "--run_on_private_copy"))]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, TMPDIR=str(private_tmp))) for _ in range(3)]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert analysis_counts(stdout)["range_store_8_unsigned"] == 111
