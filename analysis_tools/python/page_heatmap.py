@@ -15,27 +15,40 @@ CDEF = """
 struct gmbe_record { uint64_t info_word; uint64_t virt_addr; };
 size_t count_pages(const struct gmbe_record *records, size_t n, unsigned page_shift,
                    uint64_t *keys, uint64_t *counts, size_t capacity);
+size_t add_pages(const uint64_t *pages, const uint64_t *page_counts, size_t n,
+                 uint64_t *keys, uint64_t *counts, size_t capacity);
 """
-# Open addressing, linear probing; keys hold page + 1 (0 = empty); returns how many new pages it
-# added. The caller keeps the table at most half full, even if every record were a new page.
+# A hash table of pages: open addressing, linear probing, keys hold page + 1 (0 = empty). Both
+# functions return how many new pages they added; the caller keeps the table at most half full.
 SOURCE = """
 #include <stdint.h>
 #include <stddef.h>
 struct gmbe_record { uint64_t info_word; uint64_t virt_addr; };
+
+static inline int add(uint64_t page, uint64_t count, uint64_t *keys, uint64_t *counts, size_t mask)
+{
+    uint64_t key = page + 1;
+    size_t slot = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & mask;
+    while (keys[slot] && keys[slot] != key) slot = (slot + 1) & mask;
+    int added = keys[slot] == 0;
+    keys[slot] = key;
+    counts[slot] += count;
+    return added;
+}
+
 size_t count_pages(const struct gmbe_record *records, size_t n, unsigned page_shift,
                    uint64_t *keys, uint64_t *counts, size_t capacity)
 {
-    size_t added = 0, mask = capacity - 1;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t key = (records[i].virt_addr >> page_shift) + 1;
-        size_t slot = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & mask;
-        while (keys[slot] && keys[slot] != key) slot = (slot + 1) & mask;
-        if (!keys[slot]) {
-            keys[slot] = key;
-            added++;
-        }
-        counts[slot]++;
-    }
+    size_t added = 0;
+    for (size_t i = 0; i < n; i++) added += add(records[i].virt_addr >> page_shift, 1, keys, counts, capacity - 1);
+    return added;
+}
+
+size_t add_pages(const uint64_t *pages, const uint64_t *page_counts, size_t n,
+                 uint64_t *keys, uint64_t *counts, size_t capacity)
+{
+    size_t added = 0;
+    for (size_t i = 0; i < n; i++) added += add(pages[i], page_counts[i], keys, counts, capacity - 1);
     return added;
 }
 """
@@ -61,27 +74,21 @@ class PageHeatmap(AnalysisTool):
         if (self.used + len(records)) * 2 > len(self.keys):
             self._grow(self.used + len(records))
         self.used += self.lib.count_pages(self.ffi.from_buffer("struct gmbe_record[]", records), len(records),
-                                          12, self.ffi.from_buffer("uint64_t[]", self.keys),
-                                          self.ffi.from_buffer("uint64_t[]", self.counts), len(self.keys))
+                                          12, self._u64(self.keys), self._u64(self.counts), len(self.keys))
 
     def _grow(self, entries):
-        """A table at least twice entries, holding what was counted so far in this window."""
+        """A table at least twice entries, holding what this window counted so far."""
         capacity = len(self.keys)
         while capacity < entries * 2:
             capacity *= 2
         used = self.keys != 0
-        keys, counts = self.keys[used].copy(), self.counts[used].copy()
+        pages, counts = self.keys[used] - 1, self.counts[used]
         self._new_table(capacity)
-        # Re-inserting through the kernel keeps one hashing: one fake record per page and count.
-        if len(keys):
-            fake = np.zeros(len(keys), dtype=[("info_word", "<u8"), ("virt_addr", "<u8")])
-            fake["virt_addr"] = (keys - 1) << 12
-            self.used = self.lib.count_pages(self.ffi.from_buffer("struct gmbe_record[]", fake), len(fake), 12,
-                                             self.ffi.from_buffer("uint64_t[]", self.keys),
-                                             self.ffi.from_buffer("uint64_t[]", self.counts), capacity)
-            slots = np.flatnonzero(self.keys)
-            order = {int(k): c for k, c in zip(keys, counts)}
-            self.counts[slots] = [order[int(k)] for k in self.keys[slots]]
+        self.used = self.lib.add_pages(self._u64(pages), self._u64(counts), len(pages),
+                                       self._u64(self.keys), self._u64(self.counts), capacity)
+
+    def _u64(self, array):
+        return self.ffi.from_buffer("uint64_t[]", array)
 
     def process(self, records):
         while len(records):
