@@ -8,6 +8,8 @@
  *     reads, no per-record system calls), and when SIGUSR1 arrives it first
  *     reads what is left in the FIFO, then prints the tool's report between
  *     the markers.
+ *     With --shared_memory_ring, argv[1] is instead a shared-memory ring
+ *     (gmbe_ring.h), read in place.
  *   - on a file, to analyse a trace again: argv[1] is a trace file of the
  *     `record` tool (gmbe_trace_file.h) or raw records; the report is printed
  *     at the end of the file, without markers, with progress on stderr when it
@@ -30,12 +32,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h>
 
 #include "gmbe_record.h"
+#include "gmbe_ring.h"
 #include "gmbe_trace_file.h"
 
 #define GMBE_READ_BYTES (1 << 20)
@@ -310,6 +314,55 @@ static void gmbe_follow_fifo(const gmbe_tool *tool, gmbe_input *in, char *buf, c
     }
 }
 
+/* Whether path is a shared-memory ring (never opens a FIFO: that would take records from it). */
+static int gmbe_is_ring(const char *path, const struct stat *st)
+{
+    char magic[8];
+    int fd = S_ISREG(st->st_mode) ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    int is_ring = fd >= 0 && read(fd, magic, 8) == 8 && memcmp(magic, GMBE_RING_MAGIC, 8) == 0;
+    if (fd >= 0) {
+        close(fd);
+    }
+    return is_ring;
+}
+
+/* The ring's records, in place, until the report is requested (memory_tracer asks only once it is empty). */
+static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigset_t *unblocked)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", tool->name, path, strerror(errno));
+        exit(1);
+    }
+    struct gmbe_ring_header *ring = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (ring == MAP_FAILED) {
+        perror("mmap ring");
+        exit(1);
+    }
+    const struct gmbe_record *slots = (const struct gmbe_record *)((char *)ring + ring->data_offset);
+    uint64_t mask = ring->capacity - 1;
+    uint64_t tail = ring->tail;
+    for (;;) {
+        uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE);
+        if (head == tail) {
+            if (gmbe_report_requested) {
+                break;
+            }
+            struct timespec idle = { 0, 100000 };   /* SIGUSR1 ends the wait early */
+            ppoll(NULL, 0, &idle, unblocked);
+            continue;
+        }
+        uint64_t start = tail & mask;
+        uint64_t count = head - tail < ring->capacity - start ? head - tail : ring->capacity - start;
+        tool->process(&slots[start], count);
+        tail += count;
+        __atomic_store_n(&ring->tail, tail, __ATOMIC_RELEASE);
+    }
+    munmap(ring, (size_t)st.st_size);
+}
+
 static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -317,7 +370,9 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     struct stat st;
-    gmbe_replaying = stat(argv[1], &st) == 0 && !S_ISFIFO(st.st_mode);
+    int exists = stat(argv[1], &st) == 0;
+    int ring = exists && gmbe_is_ring(argv[1], &st);
+    gmbe_replaying = exists && !S_ISFIFO(st.st_mode) && !ring;
     if (gmbe_parse_words(tool, argc, argv) != 0 || (tool->init && tool->init() != 0)) {
         return 2;
     }
@@ -333,6 +388,13 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
     if (!gmbe_replaying) {
         printf("Ready to analyze\n");
         fflush(stdout);
+    }
+    if (ring) {
+        gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
+        gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
+        gmbe_follow_ring(tool, argv[1], &unblocked);
+        gmbe_print_report(tool);
+        return 0;
     }
     gmbe_input in = { .fd = open(argv[1], O_RDONLY | O_CLOEXEC) };
     if (in.fd < 0) {

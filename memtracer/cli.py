@@ -133,7 +133,8 @@ def build_parser():
                                  "the workload info words in its argv (e.g. \"--plot pages.png\").")
     extensions.add_argument("--shared_memory_ring", action="store_true",
                             help="Hand the records to the analysis tool through a shared-memory ring instead "
-                                 "of the FIFO (faster; tools written with memtracer.analysis_api read both).")
+                                 "of the FIFO (faster; the tools of analysis_tools/ and those written with "
+                                 "memtracer.analysis_api or gmbe_reader.h read both).")
     extensions.add_argument("--qemu_plugin", metavar="PATH[,ARG=VALUE...]",
                             help="With --dont_trace: load this TCG plugin instead (e.g. QEMU's own mem "
                                  "plugin, to compare with GMBEOO); its output is shown with -v.")
@@ -177,7 +178,7 @@ def validate(parser, args):
             raise BadInputError("--qemu_plugin needs --dont_trace (GMBEOO and another plugin are not loaded together).")
         _require("file", "qemu_plugin", args.qemu_plugin.split(",")[0])
     if args.shared_memory_ring and args.analysis_tool_path is None:
-        raise BadInputError("--shared_memory_ring needs --analysis_tool_path (a tool of memtracer.analysis_api).")
+        raise BadInputError("--shared_memory_ring needs --analysis_tool_path (a tool that reads the ring).")
     if args.timeout is not None and not args.timeout > 0:
         raise BadInputError(f"timeout must be a positive number of seconds, but {args.timeout:g} isn't.")
 

@@ -51,7 +51,7 @@ CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
 ANALYSIS_TOOLS = [(name, f"analysis_tools/{name}.c")
                   for name in ("count", "record", "dump", "export", "pages", "cachesim", "reuse")]
-ANALYSIS_TOOL_HEADERS = ["qemu_patches/gmbe_record.h"] + [
+ANALYSIS_TOOL_HEADERS = ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h"] + [
     os.path.relpath(p, REPO_DIR) for p in sorted(glob.glob(str(REPO_DIR / "analysis_tools" / "*.h")))]
 GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
                   for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]

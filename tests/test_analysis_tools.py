@@ -286,20 +286,22 @@ def analysis_counts_loose(stdout):
     return {k: int(v) for k, _, v in (line.partition(": ") for line in lines) if v.isdigit()}
 
 
+@pytest.mark.parametrize("tool", [PYTHON_TOOLS / "count.py", TOOLS / "count"])
 @pytest.mark.parametrize("transport", [[], ["--shared_memory_ring"]])
-def test_python_tool_under_memory_tracer_loses_nothing(tracer, transport):
+def test_tools_under_memory_tracer_lose_nothing(tracer, transport, tool):
     run = tracer(*user_mode("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "4096 2",
-                            "--analysis_tool_path", PYTHON_TOOLS / "count.py", "--print_trace_info", *transport))
+                            "--analysis_tool_path", tool, "--print_trace_info", *transport))
     assert run.returncode == 0, run.stderr
     counts = analysis_counts(run.stdout)
     assert counts["num_of_records"] == trace_info(run.stdout)["num_of_events_written_to_trace_buf"] > 1_000_000
     assert not [p for p in os.listdir("/dev/shm") if p.startswith("memory_tracer-")]
 
 
-def test_shared_memory_ring_in_full_system_mode(tracer):
+@pytest.mark.parametrize("tool", [PYTHON_TOOLS / "count.py", TOOLS / "count"])
+def test_shared_memory_ring_in_full_system_mode(tracer, tool):
     run = tracer(*system("--workload_path_on_host", PROGRAMS / "known_accesses",
                          "--dont_add_communications_with_host_to_workload", "--shared_memory_ring",
-                         "--analysis_tool_path", PYTHON_TOOLS / "count.py", "--print_trace_info"))
+                         "--analysis_tool_path", tool, "--print_trace_info"))
     assert run.returncode == 0, run.stderr
     counts = analysis_counts(run.stdout)
     assert counts["range_store_8_unsigned"] == 111 and counts["cpl_0"] > 0
