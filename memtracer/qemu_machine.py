@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -241,11 +242,14 @@ class QemuMachine:
                 raise self.failure(f"ended during {name}") from None
             raise QemuError(f"QMP {name} failed: {exc}", self.command, None, self.log_text()) from None
 
-    def pause(self):
+    @contextmanager
+    def paused(self):
+        """The VM stopped (QMP `stop`) for the duration, resumed whatever happens."""
         self.command_qmp("stop")
-
-    def resume(self):
-        self.command_qmp("cont")
+        try:
+            yield
+        finally:
+            self.command_qmp("cont")
 
     def human_command(self, line):
         return self.command_qmp("human-monitor-command", **{"command-line": line})

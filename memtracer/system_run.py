@@ -221,11 +221,8 @@ class SystemRun:
     def _open_window(self):
         if self.control is None:
             return
-        self.machine.pause()
-        try:
+        with self.machine.paused():
             self.control.enable(self.consumer.check)
-        finally:
-            self.machine.resume()
 
     def _wait_for_stop(self, session):
         """Wait for `Stop tracing`, keeping an eye on the consumer; False when --timeout passed."""
@@ -257,13 +254,10 @@ class SystemRun:
     def _close_window(self):
         if self.control is None:
             return
-        self.machine.pause()
-        try:
+        with self.machine.paused():
             self.control.disable()
             self.control.flush(self.consumer.check)
             self.result.counters = self.control.counters()
-        finally:
-            self.machine.resume()
 
     def _finish_workload(self, session, stopped):
         session.finish(FINISH_GRACE_SECONDS)
