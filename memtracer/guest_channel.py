@@ -17,7 +17,8 @@ import zlib
 
 import pexpect.fdpexpect
 
-from .errors import WorkloadError, QemuError
+from .errors import QemuError, WorkloadError
+from .unix_socket import connect_when_listening
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +96,13 @@ class GuestChannel:
     # ------------------------------------------------------------------ connection
 
     def connect(self, qemu_alive, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.socket_path)
-                break
-            except OSError:
-                sock.close()
-                if not qemu_alive():
-                    raise QemuError(f"QEMU ended before its {self.name} socket could be reached")
-                if time.monotonic() > deadline:
-                    raise QemuError(f"QEMU's {self.name} socket {self.socket_path} did not appear "
-                                    f"within {timeout:g} s")
-                time.sleep(0.02)
+        try:
+            sock = connect_when_listening(self.socket_path, timeout, qemu_alive)
+        except TimeoutError:
+            raise QemuError(f"QEMU's {self.name} socket {self.socket_path} did not appear "
+                            f"within {timeout:g} s") from None
+        if sock is None:
+            raise QemuError(f"QEMU ended before its {self.name} socket could be reached")
         self.sock = sock
         self._reader = threading.Thread(target=self._read_frames, name=f"guest-{self.name}", daemon=True)
         self._reader.start()

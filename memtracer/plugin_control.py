@@ -2,9 +2,9 @@
 
 One text line per command, one reply line: `ok [key=value ...]` or `error <message>`."""
 import socket
-import time
 
 from .errors import ControlChannelError
+from .unix_socket import connect_when_listening
 
 POLL_SECONDS = 0.25
 
@@ -17,21 +17,14 @@ class ControlChannel:
 
     def connect(self, timeout, qemu_alive):
         """Connect once the plugin listens; QEMU dying or the timeout ends the wait with an error."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.socket_path)
-                self._sock = sock
-                return self
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-            if not qemu_alive():
-                raise ControlChannelError("QEMU exited before the GMBEOO plugin was ready.")
-            if time.monotonic() > deadline:
-                raise ControlChannelError(f"the GMBEOO plugin did not open its control channel "
-                                          f"{self.socket_path} within {timeout:g} s.")
-            time.sleep(0.01)
+        try:
+            self._sock = connect_when_listening(self.socket_path, timeout, qemu_alive)
+        except TimeoutError:
+            raise ControlChannelError(f"the GMBEOO plugin did not open its control channel "
+                                      f"{self.socket_path} within {timeout:g} s.") from None
+        if self._sock is None:
+            raise ControlChannelError("QEMU exited before the GMBEOO plugin was ready.")
+        return self
 
     def command(self, line, still_ok=lambda: True):
         """Send one command and return the reply's payload; still_ok() is polled while waiting."""
