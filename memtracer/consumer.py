@@ -35,95 +35,93 @@ def tool_environment(settings):
 
 def make_consumer(request, private_dir):
     """The consumer a traced run's request asks for."""
-    if request.analysis_tool_path and request.shared_memory_ring:
-        return ShmRingToolConsumer(request.analysis_tool_path, request.verbose, request.analysis_tool_args,
-                                   request.settings)
     if request.analysis_tool_path:
-        return ToolConsumer(request.analysis_tool_path, private_dir, request.verbose,
+        transport = RingTransport() if request.shared_memory_ring else FifoTransport(private_dir)
+        return ToolConsumer(request.analysis_tool_path, transport, request.verbose,
                             request.analysis_tool_args, request.settings)
     return UserFifoConsumer(request.trace_fifo_path)
 
 
-class ToolConsumer:
-    """An analysis tool (--analysis_tool_path) reading the FIFO memory_tracer made."""
+class FifoTransport:
+    """The original's way: a FIFO in the run's private directory."""
 
-    def __init__(self, tool_path, private_dir, verbose, tool_args=(), settings=None):
-        self.tool_path = tool_path
+    def __init__(self, private_dir):
         self.fifo = TraceFifo.create(private_dir)
+        self.path = self.fifo.path
+        self.plugin_argument = f"trace_fifo_path={self.path}"
+
+    def tool_ready(self, tool):
+        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, tool.is_alive, "the analysis tool")
+        log.debug("trace FIFO %s open, pipe size %d", self.path, self.fifo.pipe_size())
+
+    def wait_until_drained(self, tool):
+        self.fifo.wait_until_drained(tool.is_alive, DRAIN_TIMEOUT_SECONDS, "the analysis tool")
+
+    def close(self):
+        self.fifo.close()
+
+
+class RingTransport:
+    """--shared_memory_ring: a ring in a private 0700 directory in /dev/shm (memory, never written
+    back to a disk); the tool maps it when it starts."""
+
+    def __init__(self):
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
+        self.path = os.path.join(self.directory, "trace.ring")
+        create_ring(self.path)
+        self.ring = ShmRing(self.path)
+        self.plugin_argument = f"trace_shm_path={self.path}"
+
+    def tool_ready(self, tool):
+        pass
+
+    def wait_until_drained(self, tool):
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while self.ring.pending():
+            tool.check_alive()
+            if time.monotonic() > deadline:
+                raise AnalysisToolError(f"the analysis tool left {self.ring.pending()} records in the "
+                                        f"shared-memory ring for {DRAIN_TIMEOUT_SECONDS} s.")
+            time.sleep(0.001)
+
+    def close(self):
+        self.ring.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ToolConsumer:
+    """An analysis tool (--analysis_tool_path) reading the FIFO or the ring memory_tracer made."""
+
+    def __init__(self, tool_path, transport, verbose, tool_args=(), settings=None):
+        self.tool_path = tool_path
+        self.transport = transport
+        self.plugin_argument = transport.plugin_argument
         self.verbose = verbose
         self.tool_args = list(tool_args)
         self.settings = settings
         self.tool = None
 
     def start(self, info_words):
-        self.tool = AnalysisTool(self.tool_path, self.fifo.path, info_words,
+        self.tool = AnalysisTool(self.tool_path, self.transport.path, info_words,
                                  echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
                                  environment=tool_environment(self.settings))
         self.tool.start(READY_TIMEOUT_SECONDS)
-        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, self.tool.is_alive, "the analysis tool")
-        log.debug("trace FIFO %s open, pipe size %d", self.fifo.path, self.fifo.pipe_size())
-
-    @property
-    def plugin_argument(self):
-        return f"trace_fifo_path={self.fifo.path}"
+        self.transport.tool_ready(self.tool)
 
     def check(self):
         """Raise if the tool died: the trace would have nowhere to go."""
         self.tool.check_alive()
 
     def finish(self):
-        """After every record is in the FIFO: wait until the tool read them, then ask for its output."""
-        self.fifo.wait_until_drained(self.tool.is_alive, DRAIN_TIMEOUT_SECONDS, "the analysis tool")
+        """After every record is handed over: wait until the tool took them, then ask for its output."""
+        self.transport.wait_until_drained(self.tool)
         return self.tool.collect_output(OUTPUT_TIMEOUT_SECONDS)
 
     def close(self):
         if self.tool is not None:
             self.tool.stop()
-        self.fifo.close()
-
-
-class ShmRingToolConsumer:
-    """An analysis tool of the Python API reading a shared-memory ring (--shared_memory_ring): the
-    ring lives in a private 0700 directory in /dev/shm (memory, never written back to a disk)."""
-
-    def __init__(self, tool_path, verbose, tool_args=(), settings=None):
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
-        self.path = os.path.join(self.directory, "trace.ring")
-        create_ring(self.path)
-        self.ring = ShmRing(self.path)
-        self.tool_path, self.verbose, self.tool_args, self.settings = tool_path, verbose, list(tool_args), settings
-        self.tool = None
-
-    @property
-    def plugin_argument(self):
-        return f"trace_shm_path={self.path}"
-
-    def start(self, info_words):
-        self.tool = AnalysisTool(self.tool_path, self.path, info_words,
-                                 echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
-                                 environment=tool_environment(self.settings))
-        self.tool.start(READY_TIMEOUT_SECONDS)
-
-    def check(self):
-        self.tool.check_alive()
-
-    def finish(self):
-        """Every record is in the ring: wait until the tool consumed them, then ask for its output."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
-        while self.ring.pending():
-            self.tool.check_alive()
-            if time.monotonic() > deadline:
-                raise AnalysisToolError(f"the analysis tool left {self.ring.pending()} records in the "
-                                        f"shared-memory ring for {DRAIN_TIMEOUT_SECONDS} s.")
-            time.sleep(0.001)
-        return self.tool.collect_output(OUTPUT_TIMEOUT_SECONDS)
-
-    def close(self):
-        if self.tool is not None:
-            self.tool.stop()
-        self.ring.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.transport.close()
 
 
 class UserFifoConsumer:
