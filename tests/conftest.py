@@ -89,6 +89,17 @@ class FifoReader(threading.Thread):
         os.close(fd)
 
 
+def trace_into_fifo_reader(tracer, tmp_path, run_args):
+    """memory_tracer.py with --trace_fifo_path on a FIFO of our own, read by a FifoReader."""
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    reader.start()
+    run = tracer(*run_args, "--trace_fifo_path", fifo, "--print_trace_info")
+    reader.join(timeout=30)
+    return run, reader
+
+
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """A TMPDIR of the test's own: afterwards it must hold nothing memory_tracer made."""

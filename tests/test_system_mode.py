@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, FifoReader,
-                      analysis_counts, buffer_range, parse_sections, processes_mentioning,
-                      promised_counts, system, trace_info)
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
+                      buffer_range, parse_sections, processes_mentioning,
+                      promised_counts, system, trace_info, trace_into_fifo_reader)
 from memtracer import record
 
 COUNT = TOOLS / "count"
@@ -71,13 +71,7 @@ def test_sampling_one_block_in_sixteen(tracer):
 
 
 def test_records_through_trace_fifo_path(tracer, tmp_path):
-    fifo = tmp_path / "trace.fifo"
-    os.mkfifo(fifo)
-    reader = FifoReader(fifo)
-    reader.start()
-    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--trace_fifo_path", fifo,
-                         "--print_trace_info"))
-    reader.join(timeout=30)
+    run, reader = trace_into_fifo_reader(tracer, tmp_path, system("--workload_path_on_host", KNOWN, PROTOCOL))
     assert run.returncode == 0, run.stderr
     assert "analysis output" not in parse_sections(run.stdout)
     records = record.records_from_bytes(reader.data)

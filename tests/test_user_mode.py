@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 
-from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, FifoReader, analysis_counts, buffer_range,
-                      parse_sections, promised_counts, trace_info, user_mode)
+from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, parse_sections,
+                      promised_counts, trace_info, trace_into_fifo_reader, user_mode)
 from memtracer import record
 from memtracer.trace_fifo import pipe_max_size
 
@@ -31,13 +31,7 @@ def test_every_kind_of_access_is_traced_exactly(tracer):
 
 
 def test_records_through_trace_fifo_path_are_well_formed(tracer, tmp_path):
-    fifo = tmp_path / "trace.fifo"
-    os.mkfifo(fifo)
-    reader = FifoReader(fifo)
-    reader.start()
-    run = tracer(*user_mode("--workload_path_on_host", KNOWN, PROTOCOL, "--trace_fifo_path", fifo,
-                            "--print_trace_info"))
-    reader.join(timeout=30)
+    run, reader = trace_into_fifo_reader(tracer, tmp_path, user_mode("--workload_path_on_host", KNOWN, PROTOCOL))
     assert run.returncode == 0, run.stderr
     assert "analysis output" not in parse_sections(run.stdout)
     assert len(reader.data) % record.RECORD_SIZE == 0
