@@ -21,6 +21,7 @@ runs, memory_tracer -v), and the analysis tools' throughput on a recorded trace 
 also keeps its results in bench/RESULTS.md and bench/RESULTS.png."""
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -261,7 +262,7 @@ def chart(summaries, path):
 
 def build_mem_plugin():
     """QEMU's own mem plugin, from the Debian source build.py unpacked (never committed)."""
-    versions = __import__("json").loads((DEFAULT_QEMU_DIR / "VERSION.json").read_text())
+    versions = json.loads((DEFAULT_QEMU_DIR / "VERSION.json").read_text())
     tree = BUILD_DIR / "qemu-src" / versions["qemu_source"]
     MEM_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
     glib = subprocess.run(["pkg-config", "--cflags", "glib-2.0"], stdout=subprocess.PIPE, text=True).stdout.split()

@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from .record import RECORD_DTYPE, RECORD_SIZE
+from .shm_ring import ShmRingReader, is_ring
 from .trace_file import TraceHeader, read_batches
 
 READY = "Ready to analyze"
@@ -72,14 +73,14 @@ class AnalysisTool:
         self.info, self.option = self._parse_words(argv[2:])
         self.header = None
         source = argv[1]
-        replaying = os.path.exists(source) and not stat.S_ISFIFO(os.stat(source).st_mode) \
-            and not _is_shm_ring(source)
+        ring = is_ring(source)
+        replaying = os.path.exists(source) and not stat.S_ISFIFO(os.stat(source).st_mode) and not ring
         self.start()
         if replaying:
             self._replay(source)
             sys.stdout.write(self.report().rstrip("\n") + "\n")
         else:
-            self._follow(source)
+            self._follow(source, ring)
         sys.stdout.flush()
 
     def _usage(self):
@@ -122,17 +123,16 @@ class AnalysisTool:
         if show:
             sys.stderr.write("\r\033[K")
 
-    def _follow(self, path):
+    def _follow(self, path, ring):
         """The protocol: Ready, read until SIGUSR1 and then what is left, report between markers."""
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         requested = []
         signal.signal(signal.SIGUSR1, lambda signum, frame: requested.append(True))
         print(READY, flush=True)
-        if _is_shm_ring(path):
-            from .shm_ring import ShmRingReader
-            with ShmRingReader(path) as ring:
-                ring.follow(self.process, lambda: bool(requested), wake_read)
+        if ring:
+            with ShmRingReader(path) as reader:
+                reader.follow(self.process, lambda: bool(requested), wake_read)
         else:
             self._follow_fifo(path, requested, wake_read)
         while not requested:
@@ -172,11 +172,6 @@ class AnalysisTool:
         kept = total - whole
         view[:kept] = view[whole:total]
         return kept, False
-
-
-def _is_shm_ring(path):
-    from .shm_ring import is_ring
-    return is_ring(path)
 
 
 def c_kernel(cdef, source, extra_compile_args=("-O2",)):

@@ -8,6 +8,7 @@ at boot, see the README):
 """
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +23,6 @@ SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as 
 
 
 def qemu_version(qemu_binary):
-    import subprocess
     first = subprocess.run([str(qemu_binary), "--version"], stdout=subprocess.PIPE, text=True).stdout
     return first.split("version ")[1].split()[0] if "version " in first else "unknown"
 

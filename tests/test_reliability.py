@@ -1,7 +1,10 @@
 """Runs that go wrong say so in one line, lose nothing silently, and leave the machine as they found
 it: bad input, faults during a run, signals at each phase, the guest channel fuzzed, and load."""
+import json
 import os
 import pty
+import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -65,8 +68,6 @@ def test_workload_that_is_not_a_program(tracer, tmp_path):
 
 
 def test_unknown_machine_type_of_a_snapshot(tracer, tmp_path):
-    import json
-    import shutil
     image = tmp_path / "copy.qcow2"
     shutil.copyfile(GUEST_IMAGE, image)
     description = json.loads(open(str(GUEST_IMAGE) + ".memory_tracer.json").read())
@@ -248,7 +249,6 @@ def ping(master, nonce, timeout=5.0):
         if time.monotonic() >= next_send:
             os.write(master, encode_frame(PING, nonce))
             next_send = time.monotonic() + 1.2
-        import select
         if select.select([master], [], [], 0.1)[0]:
             for kind, payload, ok in parser.feed(os.read(master, 65536)):
                 if ok and kind == PONG and payload == nonce:
