@@ -16,6 +16,11 @@ static uint64_t range_start, range_end;
 static int have_range;
 static const char *range_option;
 
+#define MAX_MARKERS_SHOWN 1000
+static struct gmbe_record markers[MAX_MARKERS_SHOWN];
+static uint64_t phase_records[MAX_MARKERS_SHOWN + 1];
+static uint64_t marker_count;
+
 static int count_init(void)
 {
     if (!range_option) {
@@ -29,8 +34,17 @@ static int count_init(void)
     return 0;
 }
 
+static void count_marker(const struct gmbe_record *m)
+{
+    if (marker_count < MAX_MARKERS_SHOWN) {
+        markers[marker_count] = *m;
+    }
+    marker_count++;
+}
+
 static void count_process(const struct gmbe_record *records, size_t n)
 {
+    phase_records[marker_count < MAX_MARKERS_SHOWN ? marker_count : MAX_MARKERS_SHOWN] += n;
     for (size_t i = 0; i < n; i++) {
         by_info[gmbe_info(&records[i])]++;
         by_vcpu[gmbe_vcpu(&records[i])]++;
@@ -84,6 +98,16 @@ static void count_report(FILE *out)
             fprintf(out, "vcpu_%d: %" PRIu64 "\n", v, by_vcpu[v]);
         }
     }
+    if (marker_count) {
+        fprintf(out, "markers: %" PRIu64 "\n", marker_count);
+        uint64_t shown = marker_count < MAX_MARKERS_SHOWN ? marker_count : MAX_MARKERS_SHOWN;
+        fprintf(out, "phase_0_records: %" PRIu64 "\n", phase_records[0]);
+        for (uint64_t k = 0; k < shown; k++) {
+            fprintf(out, "marker_%" PRIu64 ": %s %" PRIu64 " vcpu=%u\n", k + 1, gmbe_marker_name(gmbe_marker_kind(&markers[k])),
+                    markers[k].virt_addr, gmbe_vcpu(&markers[k]));
+            fprintf(out, "phase_%" PRIu64 "_records: %" PRIu64 "\n", k + 1, phase_records[k + 1]);
+        }
+    }
     if (have_range) {
         uint64_t in_range = 0;
         for (int info = 0; info < 256; info++) {
@@ -104,6 +128,7 @@ int main(int argc, char **argv)
     static const gmbe_tool tool = {
         .name = "count", .summary = "Counts the records by CPL, load/store, size, sign and vCPU.",
         .options = options, .init = count_init, .process = count_process, .report = count_report,
+        .marker = count_marker,
     };
     return gmbe_run_tool(&tool, argc, argv);
 }

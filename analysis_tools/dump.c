@@ -4,6 +4,10 @@
  *
  *   <index> vcpu=<n> cpl=<n> <load|store> size=<bytes> <unsigned|signed> <le|be> 0x<address>
  *
+ * followed by ` phys=0x<address> pc=0x<address>` for extended records, and
+ * markers as `<index> vcpu=<n> <region_begin|region_end|marker|instruction_limit> <number>`
+ * (shown whatever the filters).
+ *
  * index is the record's position in the whole stream (before filtering).
  */
 #include "gmbe_reader.h"   /* first: it sets _GNU_SOURCE */
@@ -48,17 +52,41 @@ static inline int wanted(const struct gmbe_record *r)
            (want_vcpu < 0 || (long)gmbe_vcpu(r) == want_vcpu);
 }
 
+static void print_access(const struct gmbe_record *r, const char *end)
+{
+    fprintf(gmbe_text, "%" PRIu64 " vcpu=%u cpl=%u %s size=%u %s %s 0x%" PRIx64 "%s", index_of_next,
+            gmbe_vcpu(r), gmbe_cpl(r), gmbe_is_store(r) ? "store" : "load", gmbe_size(r),
+            gmbe_is_sign_extended(r) ? "signed" : "unsigned", gmbe_is_big_endian(r) ? "be" : "le",
+            r->virt_addr, end);
+}
+
 static void dump_process(const struct gmbe_record *records, size_t n)
 {
     for (size_t i = 0; i < n; i++, index_of_next++) {
-        const struct gmbe_record *r = &records[i];
-        if (wanted(r) && gmbe_take_line()) {
-            fprintf(gmbe_text, "%" PRIu64 " vcpu=%u cpl=%u %s size=%u %s %s 0x%" PRIx64 "\n", index_of_next,
-                    gmbe_vcpu(r), gmbe_cpl(r), gmbe_is_store(r) ? "store" : "load", gmbe_size(r),
-                    gmbe_is_sign_extended(r) ? "signed" : "unsigned", gmbe_is_big_endian(r) ? "be" : "le",
-                    r->virt_addr);
+        if (wanted(&records[i]) && gmbe_take_line()) {
+            print_access(&records[i], "\n");
         }
     }
+}
+
+static void dump_process_extended(const struct gmbe_extended_record *records, size_t n)
+{
+    for (size_t i = 0; i < n; i++, index_of_next++) {
+        struct gmbe_record r = { records[i].info_word, records[i].virt_addr };
+        if (wanted(&r) && gmbe_take_line()) {
+            print_access(&r, "");
+            fprintf(gmbe_text, " phys=0x%" PRIx64 " pc=0x%" PRIx64 "\n", records[i].phys_addr, records[i].pc);
+        }
+    }
+}
+
+static void dump_marker(const struct gmbe_record *m)
+{
+    if (gmbe_take_line()) {
+        fprintf(gmbe_text, "%" PRIu64 " vcpu=%u %s %" PRIu64 "\n", index_of_next, gmbe_vcpu(m),
+                gmbe_marker_name(gmbe_marker_kind(m)), m->virt_addr);
+    }
+    index_of_next++;
 }
 
 static void dump_report(FILE *out)
@@ -80,6 +108,7 @@ int main(int argc, char **argv)
     static const gmbe_tool tool = {
         .name = "dump", .summary = "Prints the records as text, one per line, with filters.",
         .options = options, .init = dump_init, .process = dump_process, .report = dump_report,
+        .process_extended = dump_process_extended, .marker = dump_marker,
     };
     return gmbe_run_tool(&tool, argc, argv);
 }

@@ -17,6 +17,13 @@
  * Words of argv[2:] that name one of the tool's options (`--name value`,
  * `--name=value` or `name=value`) set it; the others are workload info words.
  *
+ * Every record format reaches the tool the same way (gmbe_record.h): compact
+ * records are widened to 16 bytes, and extended ones are given to
+ * process_extended when the tool has it, else narrowed to 16 bytes. Marker
+ * records never reach process: they go to the tool's marker callback, in
+ * order between the batches. memory_tracer names the stream's format in
+ * GMBE_RECORD_FORMAT; a trace file's header and a ring's say it themselves.
+ *
  * A tool includes this header first, defines a gmbe_tool and calls
  * gmbe_run_tool() from main(). Link with -lzstd.
  */
@@ -56,8 +63,12 @@ typedef struct {
     const gmbe_option *options;     /* ends with { NULL } */
     /* Called once the options are parsed; returns 0, or prints why not. */
     int (*init)(void);
-    /* Called for every batch of whole records, in stream order. */
+    /* Called for every batch of whole access records, in stream order. */
     void (*process)(const struct gmbe_record *records, size_t count);
+    /* Optional: called instead of process when the stream has extended records. */
+    void (*process_extended)(const struct gmbe_extended_record *records, size_t count);
+    /* Optional: called for each marker record (gmbe_is_marker), in stream order. */
+    void (*marker)(const struct gmbe_record *marker);
     /* Prints the results. */
     void (*report)(FILE *out);
 } gmbe_tool;
@@ -67,6 +78,8 @@ static char **gmbe_info_words;          /* argv[2:] minus options */
 static int gmbe_info_count;
 static int gmbe_replaying;              /* reading a file, not memory_tracer's FIFO */
 static struct gmbe_trace_header gmbe_source;   /* of a trace file; else settings UNKNOWN */
+
+static size_t gmbe_record_size = GMBE_RECORD_SIZE;   /* of the stream: 8, 16 or 32 */
 
 static volatile sig_atomic_t gmbe_report_requested;
 
@@ -152,6 +165,104 @@ static __attribute__((unused)) int gmbe_parse_size(const char *text, uint64_t *o
     return 0;
 }
 
+/* ------------------------------------------------------------ formats */
+
+/* The record size a format name stands for (memory_tracer --record_format), or 0. */
+static size_t gmbe_format_record_size(const char *name)
+{
+    if (!name || !*name || strcmp(name, "standard") == 0) {
+        return GMBE_RECORD_SIZE;
+    }
+    if (strcmp(name, "extended") == 0) {
+        return GMBE_EXTENDED_RECORD_SIZE;
+    }
+    if (strcmp(name, "compact") == 0) {
+        return GMBE_COMPACT_RECORD_SIZE;
+    }
+    return 0;
+}
+
+/* Access records to process, markers to marker, in order. */
+static void gmbe_deliver_standard(const gmbe_tool *tool, const struct gmbe_record *r, size_t n)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (__builtin_expect(gmbe_is_marker(&r[i]), 0)) {
+            if (i > start) {
+                tool->process(r + start, i - start);
+            }
+            if (tool->marker) {
+                tool->marker(&r[i]);
+            }
+            start = i + 1;
+        }
+    }
+    if (n > start) {
+        tool->process(r + start, n - start);
+    }
+}
+
+#define GMBE_SCRATCH_RECORDS 4096
+
+static void gmbe_deliver_extended(const gmbe_tool *tool, const struct gmbe_extended_record *x, size_t n)
+{
+    static struct gmbe_record narrow[GMBE_SCRATCH_RECORDS];
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct gmbe_record head = { x[i].info_word, x[i].virt_addr };
+        int marker = gmbe_is_marker(&head);
+        if (tool->process_extended) {
+            if (marker) {
+                if (i > start) {
+                    tool->process_extended(x + start, i - start);
+                }
+                if (tool->marker) {
+                    tool->marker(&head);
+                }
+                start = i + 1;
+            }
+            continue;
+        }
+        narrow[i - start] = head;
+        if (i - start + 1 == GMBE_SCRATCH_RECORDS || i + 1 == n) {
+            gmbe_deliver_standard(tool, narrow, i - start + 1);
+            start = i + 1;
+        }
+    }
+    if (tool->process_extended && n > start) {
+        tool->process_extended(x + start, n - start);
+    }
+}
+
+static void gmbe_deliver_compact(const gmbe_tool *tool, const uint64_t *words, size_t n)
+{
+    static struct gmbe_record wide[GMBE_SCRATCH_RECORDS];
+    for (size_t done = 0; done < n;) {
+        size_t count = n - done < GMBE_SCRATCH_RECORDS ? n - done : GMBE_SCRATCH_RECORDS;
+        for (size_t i = 0; i < count; i++) {
+            wide[i] = gmbe_compact_decode(words[done + i]);
+        }
+        gmbe_deliver_standard(tool, wide, count);
+        done += count;
+    }
+}
+
+/* count whole records of the stream's format, to the tool. */
+static void gmbe_deliver(const gmbe_tool *tool, const void *records, size_t count)
+{
+    switch (gmbe_record_size) {
+    case GMBE_EXTENDED_RECORD_SIZE:
+        gmbe_deliver_extended(tool, records, count);
+        break;
+    case GMBE_COMPACT_RECORD_SIZE:
+        gmbe_deliver_compact(tool, records, count);
+        break;
+    default:
+        gmbe_deliver_standard(tool, records, count);
+        break;
+    }
+}
+
 /* ------------------------------------------------------------ input */
 
 typedef struct {
@@ -209,12 +320,15 @@ static void gmbe_open_file(gmbe_input *in, const char *path)
     if (pread(in->fd, &h, sizeof h, 0) != (ssize_t)sizeof h || memcmp(h.magic, GMBE_TRACE_MAGIC, 8) != 0) {
         return;
     }
-    if (h.format_version != GMBE_TRACE_FORMAT_VERSION || h.record_size != GMBE_RECORD_SIZE) {
+    if (h.format_version != GMBE_TRACE_FORMAT_VERSION ||
+        (h.record_size != GMBE_RECORD_SIZE && h.record_size != GMBE_EXTENDED_RECORD_SIZE &&
+         h.record_size != GMBE_COMPACT_RECORD_SIZE)) {
         fprintf(stderr, "%s: trace file format %u with %u-byte records is not supported\n", path,
                 h.format_version, h.record_size);
         exit(1);
     }
     gmbe_source = h;
+    gmbe_record_size = h.record_size;
     lseek(in->fd, sizeof h, SEEK_SET);
     if (h.compression == GMBE_COMPRESSION_ZSTD) {
         in->zstd = ZSTD_createDStream();
@@ -251,12 +365,12 @@ static ssize_t gmbe_read_batch(const gmbe_tool *tool, gmbe_input *in, char *buf,
         return n;
     }
     size_t total = *kept + (size_t)n;
-    size_t whole = total / GMBE_RECORD_SIZE;
+    size_t whole = total / gmbe_record_size;
     if (whole) {
-        tool->process((const struct gmbe_record *)buf, whole);
+        gmbe_deliver(tool, buf, whole);
     }
-    *kept = total - whole * GMBE_RECORD_SIZE;
-    memmove(buf, buf + whole * GMBE_RECORD_SIZE, *kept);
+    *kept = total - whole * gmbe_record_size;
+    memmove(buf, buf + whole * gmbe_record_size, *kept);
     return n;
 }
 
@@ -326,6 +440,17 @@ static int gmbe_is_ring(const char *path, const struct stat *st)
     return is_ring;
 }
 
+static size_t gmbe_ring_record_size(const char *path)
+{
+    struct gmbe_ring_header h;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, &h, sizeof h) : -1;
+    if (fd >= 0) {
+        close(fd);
+    }
+    return n == (ssize_t)sizeof h ? h.record_size : GMBE_RECORD_SIZE;
+}
+
 /* The ring's records, in place, until the report is requested (memory_tracer asks only once it is empty). */
 static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigset_t *unblocked)
 {
@@ -341,7 +466,8 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
         perror("mmap ring");
         exit(1);
     }
-    const struct gmbe_record *slots = (const struct gmbe_record *)((char *)ring + ring->data_offset);
+    const char *slots = (const char *)ring + ring->data_offset;
+    gmbe_record_size = ring->record_size;
     uint64_t mask = ring->capacity - 1;
     uint64_t tail = ring->tail;
     for (;;) {
@@ -356,7 +482,7 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
         }
         uint64_t start = tail & mask;
         uint64_t count = head - tail < ring->capacity - start ? head - tail : ring->capacity - start;
-        tool->process(&slots[start], count);
+        gmbe_deliver(tool, slots + start * gmbe_record_size, count);
         tail += count;
         __atomic_store_n(&ring->tail, tail, __ATOMIC_RELEASE);
     }
@@ -373,7 +499,33 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
     int exists = stat(argv[1], &st) == 0;
     int ring = exists && gmbe_is_ring(argv[1], &st);
     gmbe_replaying = exists && !S_ISFIFO(st.st_mode) && !ring;
-    if (gmbe_parse_words(tool, argc, argv) != 0 || (tool->init && tool->init() != 0)) {
+    const char *format = getenv("GMBE_RECORD_FORMAT");
+    gmbe_record_size = gmbe_format_record_size(format);
+    if (!gmbe_record_size) {
+        fprintf(stderr, "%s: GMBE_RECORD_FORMAT must be standard, extended or compact, but %s isn't\n",
+                tool->name, format);
+        return 2;
+    }
+    if (gmbe_parse_words(tool, argc, argv) != 0) {
+        return 2;
+    }
+    /* A FIFO is opened only after "Ready to analyze": opening waits for the writer. */
+    gmbe_input in = { .fd = gmbe_replaying ? open(argv[1], O_RDONLY | O_CLOEXEC) : -1 };
+    if (gmbe_replaying && in.fd < 0) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", tool->name, argv[1], strerror(errno));
+        return 1;
+    }
+    if (gmbe_replaying) {
+        in.size = st.st_size;
+        gmbe_open_file(&in, argv[1]);   /* its header says the format, before the tool starts */
+    } else {
+        gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
+        gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
+    }
+    if (ring) {
+        gmbe_record_size = gmbe_ring_record_size(argv[1]);
+    }
+    if (tool->init && tool->init() != 0) {
         return 2;
     }
     /* SIGUSR1 stays blocked except inside ppoll, so it can never slip in between a check and a wait. */
@@ -390,25 +542,18 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
         fflush(stdout);
     }
     if (ring) {
-        gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
-        gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
         gmbe_follow_ring(tool, argv[1], &unblocked);
         gmbe_print_report(tool);
         return 0;
     }
-    gmbe_input in = { .fd = open(argv[1], O_RDONLY | O_CLOEXEC) };
-    if (in.fd < 0) {
+    if (!gmbe_replaying && (in.fd = open(argv[1], O_RDONLY | O_CLOEXEC)) < 0) {
         fprintf(stderr, "%s: cannot open %s: %s\n", tool->name, argv[1], strerror(errno));
         return 1;
     }
     char *buf = malloc(GMBE_READ_BYTES);
     if (gmbe_replaying) {
-        in.size = st.st_size;
-        gmbe_open_file(&in, argv[1]);
         gmbe_replay(tool, &in, buf);
     } else {
-        gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
-        gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
         gmbe_follow_fifo(tool, &in, buf, &unblocked);
     }
     gmbe_print_report(tool);

@@ -50,7 +50,8 @@ static int record_init(void)
     }
     memcpy(header.magic, GMBE_TRACE_MAGIC, 8);
     header.format_version = GMBE_TRACE_FORMAT_VERSION;
-    header.record_size = GMBE_RECORD_SIZE;
+    /* Compact records are widened by the reader; extended ones are kept. */
+    header.record_size = gmbe_record_size == GMBE_EXTENDED_RECORD_SIZE ? GMBE_EXTENDED_RECORD_SIZE : GMBE_RECORD_SIZE;
     header.compression = GMBE_COMPRESSION_ZSTD;
     write_or_die(&header, sizeof header);   /* rewritten with the counts at the end */
     zstd = ZSTD_createCStream();
@@ -75,16 +76,38 @@ static void compress(const void *data, size_t len, ZSTD_EndDirective mode)
     } while (mode == ZSTD_e_end ? remaining != 0 : in.pos < in.size);
 }
 
+static void note_vcpu(unsigned vcpu)
+{
+    if (vcpu >= header.vcpu_count) {
+        header.vcpu_count = vcpu + 1;
+    }
+}
+
 static void record_process(const struct gmbe_record *records, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        unsigned vcpu = gmbe_vcpu(&records[i]);
-        if (vcpu >= header.vcpu_count) {
-            header.vcpu_count = vcpu + 1;
-        }
+        note_vcpu(gmbe_vcpu(&records[i]));
     }
     header.record_count += n;
     compress(records, n * sizeof *records, ZSTD_e_continue);
+}
+
+/* Extended records are kept whole: the file is then an extended trace. */
+static void record_process_extended(const struct gmbe_extended_record *records, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        note_vcpu((unsigned)((records[i].info_word >> 8) & 0xffffu));
+    }
+    header.record_count += n;
+    compress(records, n * sizeof *records, ZSTD_e_continue);
+}
+
+/* Markers stay in the file, in their place, in the file's format. */
+static void record_marker(const struct gmbe_record *marker)
+{
+    struct gmbe_extended_record wide = { marker->info_word, marker->virt_addr, 0, 0 };
+    header.record_count++;
+    compress(&wide, header.record_size, ZSTD_e_continue);
 }
 
 static void record_report(FILE *out)
@@ -104,7 +127,7 @@ static void record_report(FILE *out)
     fprintf(out, "file_bytes: %" PRIu64 "\n", compressed_bytes);
     if (compressed_bytes) {
         fprintf(out, "compression_ratio: %.1f\n",
-                (double)(header.record_count * GMBE_RECORD_SIZE + sizeof header) / (double)compressed_bytes);
+                (double)(header.record_count * header.record_size + sizeof header) / (double)compressed_bytes);
     }
 }
 
@@ -118,6 +141,7 @@ int main(int argc, char **argv)
     static const gmbe_tool tool = {
         .name = "record", .summary = "Writes the trace to a compressed trace file, to analyse it again later.",
         .options = options, .init = record_init, .process = record_process, .report = record_report,
+        .process_extended = record_process_extended, .marker = record_marker,
     };
     return gmbe_run_tool(&tool, argc, argv);
 }

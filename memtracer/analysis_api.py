@@ -23,6 +23,12 @@ progress on stderr. Options are declared in `options` ({name: default}) and give
 `--name value`, `--name=value` or `name=value`; other words are the workload info (`self.info`).
 Under memory_tracer with --shared_memory_ring, argv[1] is a shared-memory ring instead of a FIFO
 (memtracer.shm_ring); the tool does not need to know.
+
+Every record format reaches process() as RECORD_DTYPE's 16-byte records (compact ones widened,
+extended ones narrowed), or, for a tool that sets `extended = True`, with extended records as
+they are (memtracer.record.EXTENDED_DTYPE: also phys_addr and pc). Marker records from guest code
+never reach process(): define marker(kind, number, vcpu) to see them, in stream order
+(kind is a name of memtracer.record.MARKER_KINDS).
 """
 import hashlib
 import importlib.util
@@ -35,7 +41,9 @@ import time
 
 import numpy as np
 
-from .record import RECORD_DTYPE, RECORD_SIZE
+from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, as_records, is_marker, marker_kinds,
+                     narrow_extended)
+from .trace_settings import RECORD_FORMATS
 from .shm_ring import ShmRingReader, is_ring
 from .trace_file import TraceHeader, read_batches
 
@@ -49,6 +57,7 @@ CFFI_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 class AnalysisTool:
     name = "tool"
     options = {}
+    extended = False        # True: extended records reach process() whole (phys_addr, pc)
 
     # ------------------------------------------------------------------ what a tool defines
 
@@ -63,6 +72,9 @@ class AnalysisTool:
         """Returns the results as text."""
         raise NotImplementedError
 
+    def marker(self, kind, number, vcpu):
+        """Called for each marker record from guest code, in stream order (by default: ignored)."""
+
     # ------------------------------------------------------------------ running
 
     def main(self, argv=None):
@@ -72,6 +84,11 @@ class AnalysisTool:
             sys.exit(2 if len(argv) < 2 else 0)
         self.info, self.option = self._parse_words(argv[2:])
         self.header = None
+        format_name = os.environ.get("GMBE_RECORD_FORMAT") or "standard"
+        if format_name not in RECORD_FORMATS:
+            sys.exit(f"{self.name}: GMBE_RECORD_FORMAT must be one of {', '.join(RECORD_FORMATS)}, "
+                     f"but {format_name} isn't")
+        self._record_size = RECORD_FORMATS[format_name]
         source = argv[1]
         ring = is_ring(source)
         replaying = os.path.exists(source) and not stat.S_ISFIFO(os.stat(source).st_mode) and not ring
@@ -118,8 +135,8 @@ class AnalysisTool:
             if show and time.monotonic() - last[0] > 0.25:
                 last[0] = time.monotonic()
                 sys.stderr.write(f"\r{self.name}: {100 * position / max(size, 1):3.0f}% of the trace read")
-        for batch in read_batches(path, progress=progress):
-            self.process(batch)
+        for batch in read_batches(path, progress=progress, record_size=self._record_size):
+            self._deliver(batch)
         if show:
             sys.stderr.write("\r\033[K")
 
@@ -132,7 +149,7 @@ class AnalysisTool:
         print(READY, flush=True)
         if ring:
             with ShmRingReader(path) as reader:
-                reader.follow(self.process, lambda: bool(requested), wake_read)
+                reader.follow(self._deliver, lambda: bool(requested), wake_read)
         else:
             self._follow_fifo(path, requested, wake_read)
         while not requested:
@@ -161,14 +178,35 @@ class AnalysisTool:
                 break
         os.close(fd)
 
+    def _deliver(self, raw):
+        """A batch of any format: access records to process(), markers to marker(), in order."""
+        records = as_records(raw)
+        if records.dtype != RECORD_DTYPE and not self.extended:
+            records = narrow_extended(records)   # C kernels index 16-byte records
+        markers = np.flatnonzero(is_marker(records))
+        if len(markers) == 0:
+            self.process(records)
+            return
+        start = 0
+        kinds = marker_kinds(records[markers])
+        for position, kind in zip(markers, kinds):
+            if position > start:
+                self.process(records[start:position])
+            self.marker(MARKER_KINDS.get(int(kind), "unknown_marker"), int(records["virt_addr"][position]),
+                        int(records["vcpu"][position]))
+            start = position + 1
+        if start < len(records):
+            self.process(records[start:])
+
     def _read_batch(self, fd, buffer, view, kept):
         n = os.readv(fd, [view[kept:]])
         if n == 0:
             return kept, True
         total = kept + n
-        whole = total // RECORD_SIZE * RECORD_SIZE
+        size = self._record_size
+        whole = total // size * size
         if whole:
-            self.process(np.frombuffer(buffer, dtype=RECORD_DTYPE, count=whole // RECORD_SIZE))
+            self._deliver(np.frombuffer(buffer, dtype=DTYPE_BY_RECORD_SIZE[size], count=whole // size))
         kept = total - whole
         view[:kept] = view[whole:total]
         return kept, False

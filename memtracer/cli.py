@@ -10,11 +10,11 @@ from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
 from .host_run import HostRun, RunRequest
-from .layout import DEFAULT_QEMU_DIR, QemuDir
+from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .report import format_report
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
-from .trace_settings import TraceSettings
+from .trace_settings import RECORD_FORMATS, TraceSettings
 
 EXIT_ERROR = 1
 EXIT_WORKLOAD_FAILED = 3
@@ -86,6 +86,10 @@ def build_parser():
                                "is raised to /proc/sys/fs/pipe-max-size while the run holds it open.")
     consumer.add_argument("--dont_trace", action="store_true",
                           help="Run without tracing, to compare the speed of QEMU with and without tracing.")
+    consumer.add_argument("--trace_files_per_vcpu", metavar="DIR",
+                          help="(extension) Write the records into one trace file per vCPU, DIR/vcpuN.gmbe "
+                               "(qemutrace's layout), instead of a FIFO; every analysis tool reads them "
+                               "afterwards: `TOOL DIR/vcpu0.gmbe`.")
     consumer.add_argument("--dont_use_qemu", action="store_true",
                           help="Run the workload natively on the host (a copy of it, in a temporary "
                                "directory). Pass dummy strings as the positional arguments.")
@@ -142,6 +146,21 @@ def build_parser():
                             help="Run QEMU on a private copy of guest_image_path (removed afterwards), "
                                  "so that several runs can use one image at once and the image is never "
                                  "written to.")
+    extensions.add_argument("--record_format", choices=sorted(RECORD_FORMATS), default="standard",
+                            help="standard: the 16-byte records above (default); extended: 32 bytes, "
+                                 "adding the physical address (full-system) and the PC of the accessing "
+                                 "instruction; compact: 8 bytes, the flags in the top bits of a canonical "
+                                 "48-bit address (qemu_patches/gmbe_record.h). Tools are told in "
+                                 "GMBE_RECORD_FORMAT; those of analysis_tools/ read all three.")
+    extensions.add_argument("--trace_only_marked_regions", action="store_true",
+                            help="Trace only between the guest program's memory_tracer_region_begin() and "
+                                 "memory_tracer_region_end() (to_run_on_guest/memory_tracer_markers.h).")
+    extensions.add_argument("--max_instructions", type=int, default=0, metavar="N",
+                            help="Stop tracing once N guest instructions have executed in the trace window "
+                                 "(exact with one vCPU; shared by all vCPUs).")
+    extensions.add_argument("--smp", type=int, default=1, metavar="N",
+                            help="Full-system: N vCPUs. The snapshot must have been saved with N (for the "
+                                 "built-in image, it is made on demand, or by build.py --smp N).")
     extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
                             help="Drop (and count) records when the reader is slower than the guest, "
                                  "instead of making the guest wait (the default is lossless).")
@@ -171,8 +190,17 @@ def validate(parser, args):
         _require("file", "analysis_tool_path", args.analysis_tool_path)
     if args.trace_fifo_path is not None:
         _require("fifo", "trace_fifo_path", args.trace_fifo_path)
+    if args.trace_files_per_vcpu is not None:
+        _require("dir", "trace_files_per_vcpu", args.trace_files_per_vcpu)
+        if not os.access(args.trace_files_per_vcpu, os.W_OK | os.X_OK):
+            raise BadInputError(f"trace_files_per_vcpu must be a writable directory, but "
+                                f"{args.trace_files_per_vcpu} isn't writable.")
     settings = TraceSettings(args.trace_only_CPL3_code_GMBE, args.log_of_GMBE_block_len,
-                             args.log_of_GMBE_tracing_ratio, args.drop_when_trace_fifo_full).validate()
+                             args.log_of_GMBE_tracing_ratio, args.drop_when_trace_fifo_full,
+                             args.record_format, args.trace_only_marked_regions,
+                             args.max_instructions).validate()
+    if not 1 <= args.smp <= MAX_SMP:
+        raise BadInputError(f"smp must be in range [1, {MAX_SMP}], but {args.smp} isn't.")
     if args.qemu_plugin is not None:
         if not args.dont_trace:
             raise BadInputError("--qemu_plugin needs --dont_trace (GMBEOO and another plugin are not loaded together).")
@@ -189,6 +217,9 @@ def validate(parser, args):
     if args.workload_path_on_host is None:
         raise BadInputError("--workload_path_on_guest needs a guest image; in --user_mode and with "
                             "--dont_use_qemu, pass the program with --workload_path_on_host.")
+    if args.smp != 1:
+        raise BadInputError("--smp applies to full-system runs only (in --user_mode every guest thread "
+                            "is a vCPU of its own).")
     for flag in ("dont_exit_qemu_when_done", "dont_use_nographic", "run_on_private_copy"):
         if getattr(args, flag):
             raise BadInputError(f"--{flag} applies to full-system runs only, not to --user_mode "
@@ -225,6 +256,7 @@ def _run_request(args, settings, workload_argv):
         shared_memory_ring=args.shared_memory_ring,
         other_plugin=args.qemu_plugin and _absolute_plugin(args.qemu_plugin),
         trace_fifo_path=args.trace_fifo_path and os.path.abspath(args.trace_fifo_path),
+        trace_dir=args.trace_files_per_vcpu and os.path.abspath(args.trace_files_per_vcpu),
         traced=not (args.dont_trace or args.dont_use_qemu),
         native=args.dont_use_qemu,
         settings=settings,
@@ -247,8 +279,12 @@ def _system_run_plan(args, settings, workload_args):
     if args.guest_RAM_in_MBs <= 0:
         raise BadInputError(f"guest_RAM_in_MBs must be a positive number of MiB, but {args.guest_RAM_in_MBs} isn't.")
     qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
+    image_path = os.path.abspath(args.guest_image_path)
+    builtin = os.path.samefile(image_path, DEFAULT_GUEST_IMAGE) if DEFAULT_GUEST_IMAGE.exists() else False
     target = GuestTarget(
-        image_path=os.path.abspath(args.guest_image_path),
+        image_path=str(builtin_guest_image(args.smp)) if builtin else image_path,
+        smp=args.smp,
+        make_builtin_image=builtin and args.smp != 1,
         snapshot=args.snapshot_name,
         ram_mb=args.guest_RAM_in_MBs,
         workload_path_on_host=args.workload_path_on_host and os.path.abspath(args.workload_path_on_host),

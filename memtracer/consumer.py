@@ -10,6 +10,8 @@ import time
 from .analysis_tool import AnalysisTool
 from .errors import AnalysisToolError
 from .shm_ring import ShmRing, create_ring
+from .trace_file import TraceHeader
+from .trace_settings import RECORD_FORMATS
 from .trace_fifo import TraceFifo
 
 log = logging.getLogger(__name__)
@@ -29,16 +31,20 @@ def tool_environment(settings):
     if settings is not None:
         environment.update(GMBE_TRACE_ONLY_CPL3=str(int(settings.trace_only_CPL3_code_GMBE)),
                            GMBE_LOG_OF_BLOCK_LEN=str(settings.log_of_GMBE_block_len),
-                           GMBE_LOG_OF_TRACING_RATIO=str(settings.log_of_GMBE_tracing_ratio))
+                           GMBE_LOG_OF_TRACING_RATIO=str(settings.log_of_GMBE_tracing_ratio),
+                           GMBE_RECORD_FORMAT=settings.record_format)
     return environment
 
 
 def make_consumer(request, private_dir):
     """The consumer a traced run's request asks for."""
     if request.analysis_tool_path:
-        transport = RingTransport() if request.shared_memory_ring else FifoTransport(private_dir)
+        record_size = RECORD_FORMATS[request.settings.record_format]
+        transport = RingTransport(record_size) if request.shared_memory_ring else FifoTransport(private_dir)
         return ToolConsumer(request.analysis_tool_path, transport, request.verbose,
                             request.analysis_tool_args, request.settings)
+    if request.trace_dir:
+        return TraceDirConsumer(request.trace_dir)
     return UserFifoConsumer(request.trace_fifo_path)
 
 
@@ -65,11 +71,11 @@ class RingTransport:
     """--shared_memory_ring: a ring in a private 0700 directory in /dev/shm (memory, never written
     back to a disk); the tool maps it when it starts."""
 
-    def __init__(self):
+    def __init__(self, record_size):
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
         self.path = os.path.join(self.directory, "trace.ring")
-        create_ring(self.path)
+        create_ring(self.path, record_size=record_size)
         self.ring = ShmRing(self.path)
         self.plugin_argument = f"trace_shm_path={self.path}"
 
@@ -118,10 +124,44 @@ class ToolConsumer:
         self.transport.wait_until_drained(self.tool)
         return self.tool.collect_output(OUTPUT_TIMEOUT_SECONDS)
 
+    def trace_files(self):
+        return None
+
     def close(self):
         if self.tool is not None:
             self.tool.stop()
         self.transport.close()
+
+
+class TraceDirConsumer:
+    """--trace_files_per_vcpu: the plugin writes DIR/vcpuN.gmbe itself; nothing to start or feed."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.plugin_argument = f"trace_dir={directory}"
+
+    def start(self, info_words):
+        pass
+
+    def check(self):
+        pass
+
+    def finish(self):
+        return None
+
+    def trace_files(self):
+        """(path, record count) of each vCPU's file, once the plugin has completed them."""
+        files = []
+        for name in sorted(os.listdir(self.directory), key=lambda n: (len(n), n)):
+            if name.startswith("vcpu") and name.endswith(".gmbe"):
+                path = os.path.join(self.directory, name)
+                with open(path, "rb") as f:
+                    header = TraceHeader.read(f)
+                files.append((path, header.record_count if header else 0))
+        return files
+
+    def close(self):
+        pass
 
 
 class UserFifoConsumer:
@@ -142,6 +182,9 @@ class UserFifoConsumer:
 
     def finish(self):
         self.fifo.wait_until_drained(lambda: True, DRAIN_TIMEOUT_SECONDS, "the reader of trace_fifo_path")
+        return None
+
+    def trace_files(self):
         return None
 
     def close(self):

@@ -39,6 +39,7 @@ class RunRequest:
     shared_memory_ring: bool = False
     other_plugin: str = None           # --dont_trace --qemu_plugin: another TCG plugin, for comparisons
     trace_fifo_path: str = None
+    trace_dir: str = None              # --trace_files_per_vcpu
     traced: bool = True
     native: bool = False
     settings: TraceSettings = field(default_factory=TraceSettings)
@@ -52,6 +53,7 @@ class RunResult:
     analysis_output: str = None
     counters: dict = None
     workload_problem: str = None   # a crash or non-zero exit, reported after the results
+    trace_files: list = None       # --trace_files_per_vcpu: (path, records) of each file
     notes: list = field(default_factory=list)
 
 
@@ -76,6 +78,8 @@ class HostRun:
                 self._run_protocol(cleanup)
             else:
                 self._run_wrapped(cleanup)
+            if self.consumer is not None:
+                self.result.trace_files = self.consumer.trace_files()
         return self.result
 
     def _path(self, name):
@@ -207,7 +211,9 @@ class HostRun:
         """End the trace window through the plugin: stop recording, deliver every record."""
         self.control.disable()
         self.control.flush(self.consumer.check)
-        return self.control.counters()
+        counters = self.control.counters()
+        self.control.close_trace()
+        return counters
 
     def _close_control(self):
         if self.control is not None:

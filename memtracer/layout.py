@@ -13,6 +13,13 @@ GUEST_IMAGE_DIR = BUILD_DIR / "guest_image"
 DEFAULT_GUEST_IMAGE = GUEST_IMAGE_DIR / "memory_tracer_guest.qcow2"
 DEFAULT_SNAPSHOT = "ready_for_memory_tracer"
 DEFAULT_GUEST_RAM_MB = 2560
+MAX_SMP = 64     # the sharing tool's vCPU masks; QEMU's pc machine takes up to 255
+
+
+def builtin_guest_image(smp=1):
+    """The built-in image whose snapshot was saved with `smp` vCPUs (loadvm needs the same -smp):
+    build.py --smp N makes it, and memory_tracer --smp N on the built-in image makes it on demand."""
+    return DEFAULT_GUEST_IMAGE if smp == 1 else GUEST_IMAGE_DIR / f"memory_tracer_guest_smp{smp}.qcow2"
 
 
 class QemuDir:

@@ -3,6 +3,7 @@
 Every step checks first and does nothing when its result is already there, so a second run is quick.
 """
 import configparser
+import fcntl
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .errors import BuildError
 from .guest_image import build_disk_image
-from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
+from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, builtin_guest_image, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
                      DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR, QemuDir)
 from .qemu_machine import MachineProfile
 from .snapshot import save_ready_snapshot
@@ -50,8 +51,9 @@ CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 # (output name, source, extra flags): what build.py compiles.
 PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
 ANALYSIS_TOOLS = [(name, f"analysis_tools/{name}.c")
-                  for name in ("count", "record", "dump", "export", "pages", "cachesim", "reuse")]
-ANALYSIS_TOOL_HEADERS = ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h"] + [
+                  for name in ("count", "record", "dump", "export", "pages", "cachesim", "reuse", "sharing")]
+PLUGIN_HEADERS = ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h", "qemu_patches/gmbe_trace_file.h"]
+ANALYSIS_TOOL_HEADERS = PLUGIN_HEADERS + [
     os.path.relpath(p, REPO_DIR) for p in sorted(glob.glob(str(REPO_DIR / "analysis_tools" / "*.h")))]
 GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
                   for p in sorted(glob.glob(str(REPO_DIR / "to_run_on_guest" / "programs" / "*.c")))]
@@ -245,8 +247,7 @@ def build_plugins(tree):
     flags = ["-shared", "-fPIC", "-Wno-unused-parameter", f"-I{tree / 'include' / 'qemu'}",
              f"-I{REPO_DIR / 'qemu_patches'}", *glib_cflags(), "-lpthread"]
     for name, source in PLUGINS:
-        built = compile_c(DEFAULT_QEMU_DIR / name, source, flags,
-                          ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h"])
+        built = compile_c(DEFAULT_QEMU_DIR / name, source, flags, PLUGIN_HEADERS)
         step(f"plugin {name}: {'compiled' if built else 'up to date'}")
 
 
@@ -261,7 +262,9 @@ def build_analysis_tools():
 def build_guest_programs():
     # Static, so the same binary runs under qemu-x86_64 and in a minimal guest.
     for name, source in GUEST_PROGRAMS:
-        compile_c(GUEST_PROGRAMS_DIR / name, source, ["-static", "-O1"])
+        compile_c(GUEST_PROGRAMS_DIR / name, source,
+                  ["-static", "-O1", "-pthread", f"-I{REPO_DIR / 'to_run_on_guest'}"],
+                  ["to_run_on_guest/memory_tracer_markers.h"])
     step(f"guest programs: {', '.join(n for n, _ in GUEST_PROGRAMS)}")
     built = compile_c(GUEST_RUNNER, RUNNER_SOURCE, [f"-I{REPO_DIR / 'to_run_on_guest'}", "-static"],
                       ["to_run_on_guest/guest_channel.h"], libs=["-lz"])
@@ -306,6 +309,38 @@ def build_guest_image(qemu_version, remake=False):
     step(f"guest image: {DEFAULT_GUEST_IMAGE} ({size_mb:.0f} MB)")
 
 
+def build_smp_guest_image(smp, progress=step):
+    """The built-in image saved with `smp` vCPUs: the disk of the one-vCPU image without its
+    snapshot (qemu-img convert drops it), booted once with -smp and saved."""
+    image = builtin_guest_image(smp)
+    sidecar = MachineProfile.sidecar_path(image)
+    GUEST_IMAGE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(GUEST_IMAGE_DIR / f".making_smp{smp}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # two runs asking at once: the second waits, then finds it made
+        return _make_smp_guest_image(smp, image, sidecar, progress)
+
+
+def _make_smp_guest_image(smp, image, sidecar, progress):
+    if (image.exists() and sidecar.exists() and not out_of_date(image, [DEFAULT_GUEST_IMAGE])
+            and json.loads(sidecar.read_text()).get("smp") == smp):
+        progress(f"guest image for {smp} vCPUs: up to date ({image})")
+        return image
+    fresh = GUEST_IMAGE_DIR / f"making_smp{smp}.qcow2"
+    fresh_sidecar = MachineProfile.sidecar_path(fresh)
+    try:
+        run([str(DEFAULT_QEMU_DIR / "qemu-img"), "convert", "-O", "qcow2", str(DEFAULT_GUEST_IMAGE), str(fresh)])
+        progress(f"guest image for {smp} vCPUs: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r}")
+        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
+                            virtio_serial=True, smp=smp)
+        fresh.rename(image)
+        fresh_sidecar.rename(sidecar)
+    finally:
+        fresh.unlink(missing_ok=True)
+        fresh_sidecar.unlink(missing_ok=True)
+    progress(f"guest image for {smp} vCPUs: {image}")
+    return image
+
+
 def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
     DEFAULT_QEMU_DIR.mkdir(parents=True, exist_ok=True)
     for name in ("qemu-system-x86_64", "qemu-img"):
@@ -322,7 +357,7 @@ def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
     step(f"qemu_with_GMBEOO: {DEFAULT_QEMU_DIR}")
 
 
-def build_everything(remake_guest_image=False):
+def build_everything(remake_guest_image=False, smp_counts=()):
     install_debian_packages()
     qemu_version = check_qemu_version()
     install_python_packages()
@@ -333,6 +368,9 @@ def build_everything(remake_guest_image=False):
     build_guest_programs()
     lay_out_qemu_dir(qemu_user, qemu_version, tree)
     build_guest_image(qemu_version, remake_guest_image)
+    for smp in smp_counts:
+        if smp != 1:
+            build_smp_guest_image(smp)
 
 
 def run_tests(pytest_args):

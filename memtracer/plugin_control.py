@@ -63,6 +63,10 @@ class ControlChannel:
     def flush(self, still_ok=lambda: True):
         self.command("flush", still_ok)
 
+    def close_trace(self):
+        """Write out everything and close the trace (its reader sees the end); `enable` reopens it."""
+        self.command("close")
+
     def counters(self):
         return parse_counters(self.command("counters"))
 

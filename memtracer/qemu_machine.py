@@ -43,11 +43,11 @@ class MachineProfile:
         return Path(str(image_path) + ".memory_tracer.json")
 
     @classmethod
-    def for_image(cls, image_path, ram_mb):
+    def for_image(cls, image_path, ram_mb, smp=1):
         """The profile written beside the image, or the original's defaults for an image without one."""
         sidecar = cls.sidecar_path(image_path)
         if not sidecar.exists():
-            return cls(ram_mb=ram_mb)
+            return cls(ram_mb=ram_mb, smp=smp)
         try:
             saved = json.loads(sidecar.read_text())
             profile = cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
@@ -57,6 +57,10 @@ class MachineProfile:
         if profile.ram_mb != ram_mb:
             raise BadInputError(f"guest_RAM_in_MBs must be the RAM size the snapshot was saved with, "
                                 f"{profile.ram_mb} (see {sidecar}), but {ram_mb} isn't.")
+        if profile.smp != smp:
+            raise BadInputError(f"smp must be the vCPU count the snapshot was saved with, {profile.smp} "
+                                f"(see {sidecar}), but {smp} isn't; save a snapshot for {smp} vCPUs with "
+                                f"`python3 -m memtracer.snapshot {image_path} --smp {smp}`.")
         return profile
 
     def save_beside(self, image_path, command):

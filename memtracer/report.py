@@ -17,6 +17,10 @@ def trace_info_lines(counters):
     for name in ATTENTION_COUNTERS:
         if derived[name]:
             lines.append(f"ATTENTION: {name}: {derived[name]}")
+    if counters.get("num_of_markers"):
+        lines.append(f"num_of_markers: {counters['num_of_markers']}")
+    if counters.get("instruction_limit_reached"):
+        lines.append("instruction_limit_reached: yes")
     return lines
 
 
@@ -27,6 +31,8 @@ def format_report(result, print_trace_info):
     sections.append(f"tracing_duration_in_milliseconds: {result.duration_ms}")
     if result.analysis_output is not None:
         sections += ["analysis output:", result.analysis_output]
+    if result.trace_files is not None:
+        sections += ["trace files:", *(f"{path}: {records} records" for path, records in result.trace_files)]
     if print_trace_info and result.counters is not None:
         sections += ["trace info:", *trace_info_lines(result.counters)]
     return "\n".join(sections) + "\n"

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from .record import RECORD_DTYPE, RECORD_SIZE
+from .record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 
 MAGIC = b"GMBERNG\n"
 VERSION = 1
@@ -31,13 +31,13 @@ def is_ring(path):
         return False
 
 
-def create_ring(path, capacity=DEFAULT_CAPACITY):
-    """A new, empty ring file (mode 0600)."""
+def create_ring(path, capacity=DEFAULT_CAPACITY, record_size=RECORD_SIZE):
+    """A new, empty ring file (mode 0600) of records of record_size bytes (the format's)."""
     assert capacity & (capacity - 1) == 0
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(fd, DATA_OFFSET + capacity * RECORD_SIZE)
-        os.pwrite(fd, PREFIX.pack(MAGIC, VERSION, RECORD_SIZE, capacity, DATA_OFFSET), 0)
+        os.ftruncate(fd, DATA_OFFSET + capacity * record_size)
+        os.pwrite(fd, PREFIX.pack(MAGIC, VERSION, record_size, capacity, DATA_OFFSET), 0)
     finally:
         os.close(fd)
 
@@ -53,9 +53,10 @@ class ShmRing:
         finally:
             os.close(fd)
         magic, version, record_size, self.capacity, self.data_offset = PREFIX.unpack_from(self.map)
-        if magic != MAGIC or version != VERSION or record_size != RECORD_SIZE:
+        if magic != MAGIC or version != VERSION or record_size not in DTYPE_BY_RECORD_SIZE:
             raise ValueError(f"{path} is not a GMBE ring")
-        self.records = np.frombuffer(self.map, dtype=RECORD_DTYPE, count=self.capacity, offset=self.data_offset)
+        self.records = np.frombuffer(self.map, dtype=DTYPE_BY_RECORD_SIZE[record_size], count=self.capacity,
+                                     offset=self.data_offset)
 
     head = property(lambda self: struct.unpack_from("<Q", self.map, HEAD_OFFSET)[0])
     tail = property(lambda self: struct.unpack_from("<Q", self.map, TAIL_OFFSET)[0])

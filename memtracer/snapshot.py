@@ -4,7 +4,7 @@ wait until the guest runner answers, and `savevm` (what the original's step 6 di
 build.py uses this for the built-in image; for an image of your own (with the runner set to start
 at boot, see the README):
 
-    python3 -m memtracer.snapshot IMAGE [--snapshot_name NAME] [--guest_RAM_in_MBs N] [--virtio_serial]
+    python3 -m memtracer.snapshot IMAGE [--snapshot_name NAME] [--guest_RAM_in_MBs N] [--virtio_serial] [--smp N]
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ import time
 
 from .errors import MemoryTracerError, QemuError
 from .guest_channel import GuestChannel
-from .layout import DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir
+from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir
 from .qemu_machine import PINNED_MACHINE, MachinePaths, MachineProfile, QemuMachine, qemu_command
 
 BOOT_TIMEOUT_SECONDS = 300
@@ -40,9 +40,9 @@ def wait_for_runner(machine, channel, deadline, progress):
 
 def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ram_mb=DEFAULT_GUEST_RAM_MB,
                         virtio_serial=False, machine=PINNED_MACHINE, progress=lambda message: None,
-                        boot_timeout=BOOT_TIMEOUT_SECONDS):
+                        boot_timeout=BOOT_TIMEOUT_SECONDS, smp=1):
     """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
-    profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial,
+    profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp,
                              qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
     with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir:
         os.chmod(private_dir, 0o700)
@@ -79,15 +79,19 @@ def main(argv=None):
                         help="give the guest the virtio-serial port org.memory_tracer.0 (fast transfers)")
     parser.add_argument("--qemu_with_GMBEOO_path", default=str(DEFAULT_QEMU_DIR))
     parser.add_argument("--boot_timeout", type=float, default=BOOT_TIMEOUT_SECONDS)
+    parser.add_argument("--smp", type=int, default=1, help="vCPUs (memory_tracer --smp must then be the same)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.image):
         print(f"image must be a file path, but {args.image} isn't.", file=sys.stderr)
+        return 1
+    if not 1 <= args.smp <= MAX_SMP:
+        print(f"smp must be in range [1, {MAX_SMP}], but {args.smp} isn't.", file=sys.stderr)
         return 1
     try:
         qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system")
         save_ready_snapshot(args.image, qemu_dir, args.snapshot_name, args.guest_RAM_in_MBs,
                             args.virtio_serial, progress=lambda m: print(m, file=sys.stderr),
-                            boot_timeout=args.boot_timeout)
+                            boot_timeout=args.boot_timeout, smp=args.smp)
     except MemoryTracerError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from .consumer import make_consumer
 from .errors import BadInputError, QemuError, WorkloadError
 from .guest_channel import GuestChannel
 from .host_run import RunResult
+from .machine_setup import build_smp_guest_image
 from .monitor import hand_over_monitor
 from .plugin_control import ControlChannel
 from .progress import Progress
@@ -46,6 +47,8 @@ class GuestTarget:
     workload_args: tuple = ()
     graphic: bool = False
     keep_qemu: bool = False
+    smp: int = 1
+    make_builtin_image: bool = False    # the built-in image for smp vCPUs, made on demand
     private_copy: bool = False
 
 
@@ -146,8 +149,10 @@ class SystemRun:
         os.chmod(private_dir, 0o700)
         self.paths = MachinePaths(private_dir)
         self.image = self.target.image_path
+        if self.target.make_builtin_image:
+            build_smp_guest_image(self.target.smp, progress=self.progress.phase)
         check_image(self.qemu_dir.qemu_img, self.image, self.target.snapshot)
-        self.profile = MachineProfile.for_image(self.image, self.target.ram_mb)
+        self.profile = MachineProfile.for_image(self.image, self.target.ram_mb, self.target.smp)
         if self.target.private_copy:
             self.progress.phase("copying the image for a private run")
             self.image = os.path.join(private_dir, os.path.basename(self.image))
@@ -258,6 +263,8 @@ class SystemRun:
             self.control.disable()
             self.control.flush(self.consumer.check)
             self.result.counters = self.control.counters()
+            self.control.close_trace()   # complete for its reader now, and ready to reopen (trace_start)
+        self.result.trace_files = self.consumer.trace_files()
 
     def _finish_workload(self, session, stopped):
         session.finish(FINISH_GRACE_SECONDS)

@@ -1,12 +1,13 @@
-"""Trace files of the `record` tool (analysis_tools/gmbe_trace_file.h), in Python: a 64-byte header,
-then the 16-byte records as one zstd stream. Raw record files (no header) are read as well."""
+"""Trace files (qemu_patches/gmbe_trace_file.h) in Python: a 64-byte header, then the records, as
+one zstd stream (the `record` tool) or uncompressed (the plugin's per-vCPU files). Raw files of
+16-byte records (no header) are read as well."""
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 import zstandard
 
-from .record import RECORD_DTYPE, RECORD_SIZE
+from .record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 
 MAGIC = b"GMBETRC\n"
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ class TraceHeader:
             f.seek(0)
             return None
         (_, version, record_size, compression, vcpus, cpl3, block_len, ratio, _, count) = HEADER.unpack(data)
-        if version != FORMAT_VERSION or record_size != RECORD_SIZE:
+        if version != FORMAT_VERSION or record_size not in DTYPE_BY_RECORD_SIZE:
             raise ValueError(f"trace file format {version} with {record_size}-byte records is not supported")
         return cls(version, record_size, compression, vcpus, cpl3, block_len, ratio, count)
 
@@ -44,15 +45,19 @@ class TraceHeader:
                            self.record_count)
 
 
-def read_batches(path, batch_records=1 << 16, progress=None):
-    """Yields the records of a trace file (or raw record file) as NumPy arrays of RECORD_DTYPE.
+def read_batches(path, batch_records=1 << 16, progress=None, record_size=RECORD_SIZE):
+    """Yields the records of a trace file (or raw record file, of record_size-byte records) as NumPy
+    arrays of the file's format (memtracer.record.DTYPE_BY_RECORD_SIZE).
     Each array is a view of one buffer: it is valid until the next one is yielded."""
     with open(path, "rb") as f:
         header = TraceHeader.read(f)
+        if header is not None:
+            record_size = header.record_size
+        dtype = DTYPE_BY_RECORD_SIZE[record_size]
         stream = f
         if header is not None and header.compression == COMPRESSION_ZSTD:
             stream = zstandard.ZstdDecompressor().stream_reader(f, read_size=1 << 20)
-        buffer = bytearray(batch_records * RECORD_SIZE)
+        buffer = bytearray(batch_records * record_size)
         view = memoryview(buffer)
         kept = 0
         while True:
@@ -60,9 +65,9 @@ def read_batches(path, batch_records=1 << 16, progress=None):
             if not n:
                 break
             total = kept + n
-            whole = total // RECORD_SIZE * RECORD_SIZE
+            whole = total // record_size * record_size
             if whole:
-                yield np.frombuffer(buffer, dtype=RECORD_DTYPE, count=whole // RECORD_SIZE)
+                yield np.frombuffer(buffer, dtype=dtype, count=whole // record_size)
             kept = total - whole
             view[:kept] = view[whole:total]
             if progress is not None:

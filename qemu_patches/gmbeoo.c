@@ -1,6 +1,8 @@
 /*
  * gmbeoo.c - GMBEOO as a TCG plugin: every guest memory access becomes a
- * 16-byte GMBE record (gmbe_record.h) written to a FIFO (or any file).
+ * GMBE record (gmbe_record.h: 16 bytes, or the opt-in 32-byte extended and
+ * 8-byte compact formats) written to a FIFO, a shared-memory ring, or one
+ * trace file per vCPU.
  *
  * Lossless by default: each vCPU appends to its own ring without locks; when
  * the ring is full the vCPU writes it out itself and, if the consumer is slow,
@@ -10,6 +12,12 @@
  * (read from CS once per translated block), whether the block is instrumented
  * at all (trace_only_CPL3_code_GMBE), and the access attributes, which are
  * decoded once per distinct meminfo value into a table.
+ *
+ * Guest code marks regions and progress points with one magic instruction,
+ * `xchg %bx,%bx` (a no-op everywhere else) with rax = GMBE_MAGIC, rcx = the
+ * command, rdx = its number (to_run_on_guest/memory_tracer_markers.h). It is
+ * recognised when its block is translated; only that instruction gets a
+ * callback, so other code pays nothing.
  *
  * Arguments (key=value; unknown keys are an error):
  *   trace_fifo_path=PATH            where records go: a FIFO or a file (this or the next)
@@ -21,6 +29,10 @@
  *   log_of_GMBE_block_len=N         sampling, as memory_tracer.py (default 0)
  *   log_of_GMBE_tracing_ratio=N     (default 0)
  *   drop_when_trace_fifo_full=on|off
+ *   trace_dir=DIR                   instead: one trace file per vCPU, DIR/vcpuN.gmbe
+ *   record_format=standard|extended|compact
+ *   trace_only_marked_regions=on|off  trace only between region_begin and region_end
+ *   max_instructions=N              stop tracing after N instructions (0: no limit)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,34 +57,54 @@
 
 #include "gmbe_record.h"
 #include "gmbe_ring.h"
+#include "gmbe_trace_file.h"
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 #define MAX_VCPUS 4096
-#define RING_RECORDS 4096u          /* per vCPU: one write() per 64 KiB */
+#define RING_RECORDS 4096u          /* per vCPU: one write() per 64 KiB of 16-byte records */
 #define DROP_RETRY_INTERVAL 1024u   /* drop mode: retry the FIFO every N drops */
 #define MEMINFO_TABLE_SIZE (1u << 18)
 #define MEMINFO_DECODED 0x80u
+#define GMBE_MAGIC UINT64_C(0x45434152544d454d)   /* "MEMTRACE", little-endian */
+#define NO_BUDGET_CHECK (UINT64_C(1) << 62)       /* an instruction budget never reached */
+
+enum magic_command { MAGIC_REGION_BEGIN = 1, MAGIC_REGION_END = 2, MAGIC_MARKER = 3 };
 
 typedef struct {
+    /* Read on every traced access; written when tracing starts or stops. */
+    bool tracing;
     /* Written by the vCPU thread on every traced access. */
     uint64_t head;               /* records ever appended */
     uint64_t events;             /* events that passed the CPL filter, ever */
-    uint64_t header;             /* gmbe_vcpu_header(vcpu_index) */
-    struct gmbe_record *slots;
+    uint64_t header;             /* the constant bits of this vCPU's records */
+    uint64_t *words;             /* RING_RECORDS records of record_words words */
     uint64_t dropped;            /* ever */
     uint64_t drop_retry_countdown;
+    uint64_t markers;            /* marker records ever appended */
+    /* --max_instructions: what this vCPU was granted of what is left, and whether it is out. */
+    uint64_t granted;
+    bool out_of_instructions;
+    unsigned index;
     /* Written by whoever flushes the ring, under writer_lock. */
     uint64_t tail __attribute__((aligned(64)));
+    uint64_t markers_flushed;
+    int fd;                      /* trace_dir: this vCPU's own trace file */
+    uint64_t records_in_file;
     /* Snapshots taken by "enable": the counters report what came after. */
     uint64_t head_at_enable;
     uint64_t events_at_enable;
     uint64_t dropped_at_enable;
+    uint64_t markers_at_enable;
+    uint64_t markers_flushed_at_enable;
 } VcpuRing;
+
+typedef enum { FORMAT_COMPACT = 1, FORMAT_STANDARD = 2, FORMAT_EXTENDED = 4 } RecordWords;
 
 typedef struct {
     char *trace_fifo_path;
     char *trace_shm_path;
+    char *trace_dir;
     char *control_socket_path;
     char *counters_path;
     bool enabled;
@@ -80,31 +112,42 @@ typedef struct {
     unsigned log_block_len;
     unsigned log_tracing_ratio;
     bool drop_when_full;
+    RecordWords record_words;
+    bool only_marked_regions;
+    uint64_t max_instructions;
 } Config;
 
 static qemu_plugin_id_t plugin_id;
-static Config config = { .enabled = true };
+static Config config = { .enabled = true, .record_words = FORMAT_STANDARD };
 
-/* Read on every access, written by the control thread. */
-static bool tracing_enabled;
+/* What decides whether records are written: see update_tracing(). */
+static bool window_open;               /* the host's trace window (enable .. disable) */
+static bool region_active;             /* between the guest's region_begin and region_end */
 static uint64_t sampling_mask;
 
 static VcpuRing *rings[MAX_VCPUS];
 static unsigned num_rings;             /* highest vCPU index + 1 */
 static uint8_t meminfo_table[MEMINFO_TABLE_SIZE];
 static struct qemu_plugin_register *cs_register;
+static struct qemu_plugin_register *rax_register, *rcx_register, *rdx_register;
 
-/* The trace file and everything that writes to it. */
+/* The trace and everything that writes to it. */
 static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
 static int trace_fd = -1;
 static struct gmbe_ring_header *shm_ring;     /* instead of trace_fd, with trace_shm_path */
-static struct gmbe_record *shm_slots;
+static size_t shm_ring_size;
+static uint64_t *shm_words;
 static bool trace_broken;
-static uint64_t written_to_file;          /* since enable */
+static uint64_t written_to_file;          /* access records, since enable */
 
 /* Re-translation requests (a CPL filter change), checked once per block. */
 static struct qemu_plugin_scoreboard *retranslate_board;
 static qemu_plugin_u64 retranslate_flag;
+
+/* --max_instructions: each vCPU counts its budget down inline; at 0 it asks for more. */
+static struct qemu_plugin_scoreboard *budget_board;
+static qemu_plugin_u64 instruction_budget;
+static uint64_t instructions_left;         /* not yet granted to any vCPU */
 
 static int control_listen_fd = -1;
 static int control_client_fd = -1;
@@ -112,6 +155,11 @@ static pthread_t control_thread;
 static bool control_thread_running;
 
 static void register_callbacks(qemu_plugin_id_t id);
+
+static size_t record_bytes(void)
+{
+    return config.record_words * sizeof(uint64_t);
+}
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -184,8 +232,9 @@ static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
 /* The ring's side of write_fully: copy into the consumer's mapping, publish the head. */
 static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
 {
-    const struct gmbe_record *p = data;
-    uint64_t left = len / GMBE_RECORD_SIZE;
+    const size_t words = config.record_words;
+    const uint64_t *p = data;
+    uint64_t left = len / record_bytes();
     uint64_t capacity = shm_ring->capacity;
     while (left > 0) {
         uint64_t head = shm_ring->head;
@@ -203,22 +252,32 @@ static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
         if (count > capacity - start) {
             count = capacity - start;
         }
-        memcpy(&shm_slots[start], p, count * GMBE_RECORD_SIZE);
+        memcpy(&shm_words[start * words], p, count * record_bytes());
         __atomic_store_n(&shm_ring->head, head + count, __ATOMIC_RELEASE);
-        p += count;
+        p += count * words;
         left -= count;
     }
     return true;
 }
 
-static bool write_fully(const void *data, size_t len, bool may_block)
+static void trace_failed(const char *what)
+{
+    if (!trace_broken) {
+        fprintf(stderr, "gmbeoo: writing to the %s failed (%s); no further records are written\n",
+                what, strerror(errno));
+    }
+    trace_broken = true;
+}
+
+/* Writes len bytes of whole records to fd (or the ring); false when it gave up. */
+static bool write_fully(int fd, const void *data, size_t len, bool may_block)
 {
     if (shm_ring) {
         return write_to_shm_ring(data, len, may_block);
     }
     const char *p = data;
     while (len > 0) {
-        ssize_t n = write(trace_fd, p, len);
+        ssize_t n = write(fd, p, len);
         if (n > 0) {
             p += n;
             len -= (size_t)n;
@@ -228,7 +287,7 @@ static bool write_fully(const void *data, size_t len, bool may_block)
             continue;
         }
         if (n < 0 && errno == EAGAIN) {
-            struct pollfd pfd = { .fd = trace_fd, .events = POLLOUT };
+            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
             /* A record that was begun is always finished, so the stream stays aligned. */
             if (!may_block && p == (const char *)data) {
                 return false;
@@ -236,15 +295,79 @@ static bool write_fully(const void *data, size_t len, bool may_block)
             poll(&pfd, 1, -1);
             continue;
         }
-        if (!trace_broken) {
-            fprintf(stderr, "gmbeoo: writing to the trace failed (%s); "
-                    "no further records are written\n", strerror(errno));
-        }
-        trace_broken = true;
-        __atomic_store_n(&tracing_enabled, false, __ATOMIC_RELAXED);
+        trace_failed("trace");
         return false;
     }
     return true;
+}
+
+static bool is_marker_word(uint64_t word0)
+{
+    unsigned info = config.record_words == FORMAT_COMPACT ? (unsigned)(word0 >> 48) : (unsigned)word0;
+    return (info & GMBE_SIZE_SHIFT_MASK) == GMBE_MARKER_INFO;
+}
+
+/* Markers among count records from start: only looked for when the ring holds any. */
+static uint64_t markers_among(VcpuRing *r, uint64_t start, uint64_t count)
+{
+    if (__atomic_load_n(&r->markers, __ATOMIC_ACQUIRE) == r->markers_flushed) {
+        return 0;
+    }
+    uint64_t found = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        found += is_marker_word(r->words[(start + i) * config.record_words]);
+    }
+    return found;
+}
+
+/* trace_dir: the vCPU's file, created with its header on first use. */
+static int vcpu_trace_fd(VcpuRing *r)
+{
+    if (r->fd >= 0) {
+        return r->fd;
+    }
+    g_autofree char *path = g_strdup_printf("%s/vcpu%u.gmbe", config.trace_dir, r->index);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    struct gmbe_trace_header h = { .magic = GMBE_TRACE_MAGIC };
+    if (fd >= 0) {
+        r->fd = move_fd_high(fd);
+        if (pwrite(r->fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+            trace_failed(path);
+        }
+        lseek(r->fd, sizeof h, SEEK_SET);
+    } else {
+        trace_failed(path);
+    }
+    return r->fd;
+}
+
+/* The header of a per-vCPU trace file, with its final count. */
+static void finish_vcpu_trace_file(VcpuRing *r)
+{
+    if (r->fd < 0) {
+        return;
+    }
+    struct gmbe_trace_header h = {
+        .magic = GMBE_TRACE_MAGIC,
+        .format_version = GMBE_TRACE_FORMAT_VERSION,
+        .record_size = (uint32_t)record_bytes(),
+        .compression = GMBE_COMPRESSION_NONE,
+        .vcpu_count = r->index + 1,
+        .trace_only_cpl3 = config.trace_only_cpl3,
+        .log_of_block_len = config.log_block_len,
+        .log_of_tracing_ratio = config.log_tracing_ratio,
+        .record_count = r->records_in_file,
+    };
+    if (pwrite(r->fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        trace_failed("trace file header");
+    }
+    close(r->fd);
+    r->fd = -1;
+}
+
+static bool have_trace(void)
+{
+    return trace_fd >= 0 || shm_ring || config.trace_dir;
 }
 
 /*
@@ -256,17 +379,21 @@ static bool flush_ring_locked(VcpuRing *r, bool may_block)
 {
     uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
     uint64_t tail = r->tail;
-    while (tail != head && (trace_fd >= 0 || shm_ring) && !trace_broken) {
+    while (tail != head && have_trace() && !trace_broken) {
         uint64_t start = tail % RING_RECORDS;
         uint64_t count = head - tail;
         if (start + count > RING_RECORDS) {
             count = RING_RECORDS - start;   /* up to the end of the ring first */
         }
-        if (!write_fully(&r->slots[start], count * GMBE_RECORD_SIZE, may_block)) {
+        int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
+        if (!write_fully(fd, &r->words[start * config.record_words], count * record_bytes(), may_block)) {
             break;
         }
+        uint64_t markers = markers_among(r, start, count);
+        r->markers_flushed += markers;
+        r->records_in_file += count;
         tail += count;
-        written_to_file += count;
+        written_to_file += count - markers;
         __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
     }
     if (trace_broken) {
@@ -288,7 +415,7 @@ static void flush_all_rings(void)
     pthread_mutex_unlock(&writer_lock);
 }
 
-/* The slow path of vcpu_mem: the ring is full. Returns whether there is room now. */
+/* The slow path of every append: the ring is full. Returns whether there is room now. */
 static COLD bool make_room(VcpuRing *r)
 {
     if (!config.drop_when_full) {
@@ -315,41 +442,88 @@ static COLD bool make_room(VcpuRing *r)
     return emptied;
 }
 
+static inline bool ring_full(VcpuRing *r, uint64_t head)
+{
+    return head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) >= RING_RECORDS;
+}
+
+/* ------------------------------------------------------------- whether to trace */
+
+/* Records are written while the window is open, inside a marked region when asked, within the limit. */
+static void update_tracing_of(VcpuRing *r)
+{
+    bool on = __atomic_load_n(&window_open, __ATOMIC_ACQUIRE) && !trace_broken &&
+              !r->out_of_instructions &&
+              (!config.only_marked_regions || __atomic_load_n(&region_active, __ATOMIC_ACQUIRE));
+    __atomic_store_n(&r->tracing, on, __ATOMIC_RELEASE);
+}
+
+static void update_tracing(void)
+{
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i]) {
+            update_tracing_of(rings[i]);
+        }
+    }
+}
+
 /* --------------------------------------------------------------- the hot path */
 
-static inline void append_record(VcpuRing *r, uint64_t head, uint8_t bits, uint64_t vaddr,
-                                 void *cpl_bits)
+/*
+ * The record of one access, in the configured format. udata is what the
+ * translation attached: the CPL bits, and for extended records the PC too
+ * (bits 0-55, sign-extended from bit 55; CPL in bits 62-63).
+ */
+static inline void store_record(VcpuRing *r, uint64_t head, uint8_t bits, qemu_plugin_meminfo_t info,
+                                uint64_t vaddr, uintptr_t udata, const RecordWords words)
 {
-    struct gmbe_record *slot = &r->slots[head % RING_RECORDS];
-    slot->info_word = r->header | (uintptr_t)cpl_bits | bits;
-    slot->virt_addr = vaddr;
+    uint64_t *slot = &r->words[(head % RING_RECORDS) * words];
+    if (words == FORMAT_COMPACT) {
+        slot[0] = r->header | ((uint64_t)(udata | bits) << 48) | (vaddr & GMBE_COMPACT_ADDR_MASK);
+    } else if (words == FORMAT_STANDARD) {
+        slot[0] = r->header | udata | bits;
+        slot[1] = vaddr;
+    } else {
+        struct qemu_plugin_hwaddr *hw = qemu_plugin_get_hwaddr(info, vaddr);
+        slot[0] = r->header | ((udata >> 62) << GMBE_CPL_SHIFT) | bits;
+        slot[1] = vaddr;
+        slot[2] = hw ? qemu_plugin_hwaddr_phys_addr(hw) : 0;
+        slot[3] = (uint64_t)((int64_t)((uint64_t)udata << 8) >> 8);
+    }
     __atomic_store_n(&r->head, head + 1, __ATOMIC_RELEASE);
 }
 
-/* Everything vcpu_mem does not do inline: decoding a new meminfo value, a full ring. */
-static COLD void vcpu_mem_slow(VcpuRing *r, qemu_plugin_meminfo_t info, uint64_t vaddr,
-                               void *cpl_bits)
+/* Everything trace_access does not do inline: decoding a new meminfo value, a full ring. */
+static COLD void trace_access_slow(VcpuRing *r, qemu_plugin_meminfo_t info, uint64_t vaddr,
+                                   uintptr_t udata, RecordWords words)
 {
     uint8_t bits = decode_meminfo_slow(info);
     if (info < MEMINFO_TABLE_SIZE) {
         __atomic_store_n(&meminfo_table[info], bits | MEMINFO_DECODED, __ATOMIC_RELAXED);
     }
     uint64_t head = r->head;
-    if (head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) >= RING_RECORDS && !make_room(r)) {
+    if (ring_full(r, head) && !make_room(r)) {
         return;
     }
-    append_record(r, head, bits, vaddr, cpl_bits);
+    if (words == FORMAT_COMPACT) {
+        store_record(r, head, bits, info, vaddr, udata, FORMAT_COMPACT);
+    } else if (words == FORMAT_STANDARD) {
+        store_record(r, head, bits, info, vaddr, udata, FORMAT_STANDARD);
+    } else {
+        store_record(r, head, bits, info, vaddr, udata, FORMAT_EXTENDED);
+    }
 }
 
 /*
- * Called after every instrumented access. Its slow paths are tail calls, so
- * the fast path saves no registers: a few loads, a 16-byte store, a counter.
+ * Called after every instrumented access, one copy per format. Its slow paths
+ * are tail calls, so the fast path saves no registers: a few loads, the
+ * record's stores, a counter.
  */
-static void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
-                     uint64_t vaddr, void *cpl_bits)
+static inline void trace_access(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr,
+                                uintptr_t udata, const RecordWords words)
 {
     VcpuRing *r = rings[vcpu_index];
-    if (UNLIKELY(!__atomic_load_n(&tracing_enabled, __ATOMIC_RELAXED))) {
+    if (UNLIKELY(!__atomic_load_n(&r->tracing, __ATOMIC_RELAXED))) {
         return;
     }
     uint64_t event_index = r->events++ - r->events_at_enable;
@@ -360,12 +534,152 @@ static void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
     uint8_t cached = info < MEMINFO_TABLE_SIZE
                      ? __atomic_load_n(&meminfo_table[info], __ATOMIC_RELAXED) : 0;
     uint64_t head = r->head;
-    if (UNLIKELY(cached == 0) ||
-        UNLIKELY(head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) >= RING_RECORDS)) {
-        vcpu_mem_slow(r, info, vaddr, cpl_bits);
+    if (UNLIKELY(cached == 0) || UNLIKELY(ring_full(r, head))) {
+        trace_access_slow(r, info, vaddr, udata, words);
         return;
     }
-    append_record(r, head, cached & ~MEMINFO_DECODED, vaddr, cpl_bits);
+    store_record(r, head, cached & ~MEMINFO_DECODED, info, vaddr, udata, words);
+}
+
+static void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr, void *udata)
+{
+    trace_access(vcpu_index, info, vaddr, (uintptr_t)udata, FORMAT_STANDARD);
+}
+
+static void vcpu_mem_compact(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr,
+                             void *udata)
+{
+    trace_access(vcpu_index, info, vaddr, (uintptr_t)udata, FORMAT_COMPACT);
+}
+
+static void vcpu_mem_extended(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr,
+                              void *udata)
+{
+    trace_access(vcpu_index, info, vaddr, (uintptr_t)udata, FORMAT_EXTENDED);
+}
+
+/* ------------------------------------------------------------ markers */
+
+/* A marker record, in stream order with the vCPU's accesses; written while the window is open. */
+static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
+{
+    if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE) || trace_broken) {
+        return;
+    }
+    uint64_t head = r->head;
+    if (ring_full(r, head) && !make_room(r)) {
+        return;
+    }
+    struct gmbe_record m = gmbe_marker(r->index, kind, number);
+    uint64_t *slot = &r->words[(head % RING_RECORDS) * config.record_words];
+    if (config.record_words == FORMAT_COMPACT) {
+        slot[0] = gmbe_compact_encode(&m);
+    } else {
+        memset(slot, 0, record_bytes());
+        slot[0] = m.info_word;
+        slot[1] = m.virt_addr;
+    }
+    __atomic_store_n(&r->markers, r->markers + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->head, head + 1, __ATOMIC_RELEASE);
+}
+
+static uint64_t read_guest_register(struct qemu_plugin_register *reg)
+{
+    static __thread GByteArray *buf;
+    uint64_t value = 0;
+    if (!buf) {
+        buf = g_byte_array_new();
+    }
+    g_byte_array_set_size(buf, 0);
+    if (reg) {
+        int n = qemu_plugin_read_register(reg, buf);
+        if (n > 0) {
+            memcpy(&value, buf->data, (size_t)n < sizeof value ? (size_t)n : sizeof value);
+        }
+    }
+    return value;
+}
+
+/* Runs before each magic instruction: acts on it when rax holds GMBE_MAGIC. */
+static void vcpu_magic(unsigned int vcpu_index, void *udata)
+{
+    if (read_guest_register(rax_register) != GMBE_MAGIC) {
+        return;   /* an xchg %bx,%bx of somebody else's */
+    }
+    VcpuRing *r = rings[vcpu_index];
+    uint64_t command = read_guest_register(rcx_register);
+    switch (command) {
+    case MAGIC_REGION_BEGIN:
+        __atomic_store_n(&region_active, true, __ATOMIC_RELEASE);
+        update_tracing();
+        append_marker(r, GMBE_MARKER_REGION_BEGIN, 0);
+        break;
+    case MAGIC_REGION_END:
+        append_marker(r, GMBE_MARKER_REGION_END, 0);
+        __atomic_store_n(&region_active, false, __ATOMIC_RELEASE);
+        update_tracing();
+        break;
+    case MAGIC_MARKER:
+        append_marker(r, GMBE_MARKER_PROGRESS, read_guest_register(rdx_register));
+        break;
+    default:
+        break;
+    }
+}
+
+static bool is_magic_instruction(struct qemu_plugin_insn *insn)
+{
+    static const uint8_t xchg_bx_bx[] = { 0x66, 0x87, 0xdb };
+    uint8_t bytes[sizeof xchg_bx_bx];
+    return qemu_plugin_insn_size(insn) == sizeof bytes &&
+           qemu_plugin_insn_data(insn, bytes, sizeof bytes) == sizeof bytes &&
+           memcmp(bytes, xchg_bx_bx, sizeof bytes) == 0;
+}
+
+/* ------------------------------------------------------------ instruction limit */
+
+/*
+ * Runs when a vCPU has spent its budget. Budgets are handed out from what is
+ * left in shrinking shares, so one vCPU stops exactly at the limit and several
+ * never go past it together: a vCPU whose share is spent and finds nothing
+ * left stops tracing.
+ */
+static void vcpu_budget_spent(unsigned int vcpu_index, void *udata)
+{
+    VcpuRing *r = rings[vcpu_index];
+    if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE) || r->out_of_instructions) {
+        qemu_plugin_u64_set(instruction_budget, vcpu_index, NO_BUDGET_CHECK);
+        return;
+    }
+    uint64_t left = __atomic_load_n(&instructions_left, __ATOMIC_ACQUIRE);
+    uint64_t share;
+    do {
+        if (left == 0) {
+            r->out_of_instructions = true;
+            append_marker(r, GMBE_MARKER_INSTRUCTION_LIMIT, config.max_instructions);
+            update_tracing_of(r);
+            qemu_plugin_u64_set(instruction_budget, vcpu_index, NO_BUDGET_CHECK);
+            return;
+        }
+        share = left / (4 * (uint64_t)qemu_plugin_num_vcpus());
+        share = share ? share : 1;
+    } while (!__atomic_compare_exchange_n(&instructions_left, &left, left - share, false,
+                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    r->granted += share;
+    qemu_plugin_u64_set(instruction_budget, vcpu_index, share);
+}
+
+/* At enable: every vCPU asks for a budget before its next instruction. */
+static void reset_instruction_budgets(void)
+{
+    __atomic_store_n(&instructions_left, config.max_instructions, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i]) {
+            rings[i]->granted = 0;
+            rings[i]->out_of_instructions = false;
+            qemu_plugin_u64_set(instruction_budget, i, config.max_instructions ? 0 : NO_BUDGET_CHECK);
+        }
+    }
 }
 
 /* ------------------------------------------------------------ translation */
@@ -390,6 +704,25 @@ static void vcpu_retranslate(unsigned int vcpu_index, void *udata)
     qemu_plugin_reset(plugin_id, register_callbacks);
 }
 
+/* What a memory callback gets from the translation: the CPL bits, and the PC for extended records. */
+static void *access_udata(unsigned cpl, struct qemu_plugin_insn *insn)
+{
+    if (config.record_words == FORMAT_EXTENDED) {
+        uint64_t pc = qemu_plugin_insn_vaddr(insn) & ((UINT64_C(1) << 56) - 1);
+        return (void *)(uintptr_t)(pc | ((uint64_t)cpl << 62));
+    }
+    return (void *)(uintptr_t)(cpl << GMBE_CPL_SHIFT);
+}
+
+static qemu_plugin_vcpu_mem_cb_t access_callback(void)
+{
+    switch (config.record_words) {
+    case FORMAT_COMPACT: return vcpu_mem_compact;
+    case FORMAT_EXTENDED: return vcpu_mem_extended;
+    default: return vcpu_mem;
+    }
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     qemu_plugin_register_vcpu_tb_exec_cond_cb(tb, vcpu_retranslate,
@@ -397,15 +730,24 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
                                               QEMU_PLUGIN_COND_NE,
                                               retranslate_flag, 0, NULL);
     unsigned cpl = current_cpl();
-    if (config.trace_only_cpl3 && cpl != 3) {
-        return;   /* not instrumented at all: kernel code runs at full speed */
-    }
-    void *cpl_bits = (void *)(uintptr_t)(cpl << GMBE_CPL_SHIFT);
+    bool instrument = !(config.trace_only_cpl3 && cpl != 3);   /* else kernel code runs at full speed */
     size_t n = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
-        qemu_plugin_register_vcpu_mem_cb(insn, vcpu_mem, QEMU_PLUGIN_CB_NO_REGS,
-                                         QEMU_PLUGIN_MEM_RW, cpl_bits);
+        if (is_magic_instruction(insn)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_magic, QEMU_PLUGIN_CB_R_REGS, NULL);
+        }
+        if (config.max_instructions) {
+            /* Ask for more budget at 0, then spend one: all inline but at 0. */
+            qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, vcpu_budget_spent, QEMU_PLUGIN_CB_NO_REGS,
+                                                        QEMU_PLUGIN_COND_EQ, instruction_budget, 0, NULL);
+            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                                instruction_budget, UINT64_MAX);
+        }
+        if (instrument) {
+            qemu_plugin_register_vcpu_mem_cb(insn, access_callback(), QEMU_PLUGIN_CB_NO_REGS,
+                                             QEMU_PLUGIN_MEM_RW, access_udata(cpl, insn));
+        }
     }
 }
 
@@ -418,13 +760,20 @@ static void request_retranslation(void)
 
 /* ------------------------------------------------------------ vCPU lifecycle */
 
-static void find_cs_register(void)
+/* The registers read at translation (cs) and by the magic instruction (rax, rcx, rdx). */
+static void find_registers(void)
 {
     g_autoptr(GArray) regs = qemu_plugin_get_registers();
     for (guint i = 0; i < regs->len; i++) {
         qemu_plugin_reg_descriptor *d = &g_array_index(regs, qemu_plugin_reg_descriptor, i);
         if (strcmp(d->name, "cs") == 0) {
             cs_register = d->handle;
+        } else if (strcmp(d->name, "rax") == 0) {
+            rax_register = d->handle;
+        } else if (strcmp(d->name, "rcx") == 0) {
+            rcx_register = d->handle;
+        } else if (strcmp(d->name, "rdx") == 0) {
+            rdx_register = d->handle;
         }
     }
 }
@@ -436,17 +785,24 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
         abort();
     }
     if (!cs_register) {
-        find_cs_register();
+        find_registers();
     }
     if (!rings[vcpu_index]) {
         VcpuRing *r = g_new0(VcpuRing, 1);
-        r->slots = g_new(struct gmbe_record, RING_RECORDS);
-        r->header = gmbe_vcpu_header(vcpu_index);
+        r->words = g_new(uint64_t, (size_t)RING_RECORDS * config.record_words);
+        r->header = config.record_words == FORMAT_COMPACT ? (uint64_t)(vcpu_index & 0xffu) << 56
+                                                          : gmbe_vcpu_header(vcpu_index);
+        r->index = vcpu_index;
+        r->fd = -1;
         rings[vcpu_index] = r;
     }
     if (vcpu_index >= __atomic_load_n(&num_rings, __ATOMIC_RELAXED)) {
         __atomic_store_n(&num_rings, vcpu_index + 1, __ATOMIC_RELEASE);
     }
+    /* A thread started inside the window (user mode) is traced like the others. */
+    update_tracing_of(rings[vcpu_index]);
+    qemu_plugin_u64_set(instruction_budget, vcpu_index,
+                        config.max_instructions && window_open ? 0 : NO_BUDGET_CHECK);
 }
 
 static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
@@ -461,7 +817,8 @@ static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
 
 static int format_counters(char *out, size_t size)
 {
-    uint64_t events = 0, written_to_buf = 0, waiting = 0, dropped = 0;
+    uint64_t events = 0, written_to_buf = 0, waiting = 0, dropped = 0, markers = 0;
+    bool tracing = false, out_of_instructions = false;
     for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
         VcpuRing *r = rings[i];
         if (!r) {
@@ -469,7 +826,11 @@ static int format_counters(char *out, size_t size)
         }
         uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
         events += __atomic_load_n(&r->events, __ATOMIC_RELAXED) - r->events_at_enable;
-        written_to_buf += head - r->head_at_enable;
+        uint64_t new_markers = __atomic_load_n(&r->markers, __ATOMIC_ACQUIRE) - r->markers_at_enable;
+        markers += new_markers;
+        written_to_buf += head - r->head_at_enable - new_markers;
+        tracing |= __atomic_load_n(&r->tracing, __ATOMIC_RELAXED);
+        out_of_instructions |= r->out_of_instructions;
         waiting += head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
         dropped += __atomic_load_n(&r->dropped, __ATOMIC_RELAXED) - r->dropped_at_enable;
     }
@@ -478,9 +839,12 @@ static int format_counters(char *out, size_t size)
                     " num_of_events_written_to_trace_buf=%" PRIu64
                     " num_of_events_written_to_trace_file=%" PRIu64
                     " num_of_events_waiting_in_trace_buf=%" PRIu64
-                    " num_of_dropped_events=%" PRIu64,
+                    " num_of_dropped_events=%" PRIu64
+                    " num_of_markers=%" PRIu64
+                    " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d",
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
-                    waiting, dropped);
+                    waiting, dropped, markers, tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
+                    __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions);
 }
 
 /* ------------------------------------------------------------- options */
@@ -496,6 +860,34 @@ static bool parse_log(const char *key, const char *value, unsigned *out, char **
     }
     *out = (unsigned)v;
     return true;
+}
+
+static bool parse_count(const char *key, const char *value, uint64_t *out, char **error)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(value, &end, 10);
+    if (errno || *end || end == value || value[0] == '-') {
+        *error = g_strdup_printf("%s must be a number of instructions, but %s isn't.", key, value);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool parse_format(const char *key, const char *value, RecordWords *out, char **error)
+{
+    static const struct { const char *name; RecordWords words; } formats[] = {
+        { "standard", FORMAT_STANDARD }, { "extended", FORMAT_EXTENDED }, { "compact", FORMAT_COMPACT },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(formats); i++) {
+        if (strcmp(value, formats[i].name) == 0) {
+            *out = formats[i].words;
+            return true;
+        }
+    }
+    *error = g_strdup_printf("%s must be standard, extended or compact, but %s isn't.", key, value);
+    return false;
 }
 
 static bool parse_bool(const char *key, const char *value, bool *out, char **error)
@@ -526,7 +918,20 @@ static bool apply_option(Config *cfg, const char *opt, bool at_install, char **e
     if (g_strcmp0(key, "log_of_GMBE_tracing_ratio") == 0) {
         return parse_log(key, value, &cfg->log_tracing_ratio, error);
     }
+    if (g_strcmp0(key, "trace_only_marked_regions") == 0) {
+        return parse_bool(key, value, &cfg->only_marked_regions, error);
+    }
     if (at_install) {
+        if (g_strcmp0(key, "record_format") == 0) {
+            return parse_format(key, value, &cfg->record_words, error);
+        }
+        if (g_strcmp0(key, "max_instructions") == 0) {
+            return parse_count(key, value, &cfg->max_instructions, error);
+        }
+        if (g_strcmp0(key, "trace_dir") == 0) {
+            cfg->trace_dir = g_strdup(value);
+            return true;
+        }
         if (g_strcmp0(key, "trace_fifo_path") == 0) {
             cfg->trace_fifo_path = g_strdup(value);
             return true;
@@ -583,22 +988,24 @@ static bool open_shm_ring(char **error)
     close(fd);
     struct gmbe_ring_header *h = map;
     if (map == MAP_FAILED || (size_t)st.st_size < sizeof *h || memcmp(h->magic, GMBE_RING_MAGIC, 8) != 0 ||
-        h->version != GMBE_RING_VERSION || h->record_size != GMBE_RECORD_SIZE ||
-        (h->capacity & (h->capacity - 1)) || h->data_offset + h->capacity * GMBE_RECORD_SIZE > (uint64_t)st.st_size) {
-        *error = g_strdup_printf("trace_shm_path %s is not a GMBE ring (gmbe_ring.h)", config.trace_shm_path);
+        h->version != GMBE_RING_VERSION || h->record_size != record_bytes() ||
+        (h->capacity & (h->capacity - 1)) || h->data_offset + h->capacity * record_bytes() > (uint64_t)st.st_size) {
+        *error = g_strdup_printf("trace_shm_path %s is not a GMBE ring of %zu-byte records (gmbe_ring.h)",
+                                 config.trace_shm_path, record_bytes());
         if (map != MAP_FAILED) {
             munmap(map, (size_t)st.st_size);
         }
         return false;
     }
-    shm_slots = (struct gmbe_record *)((char *)map + h->data_offset);
+    shm_words = (uint64_t *)((char *)map + h->data_offset);
+    shm_ring_size = (size_t)st.st_size;
     shm_ring = h;
     return true;
 }
 
 static bool open_trace(char **error)
 {
-    if (trace_fd >= 0 || shm_ring) {
+    if (have_trace()) {
         return true;
     }
     if (config.trace_shm_path) {
@@ -619,6 +1026,34 @@ static bool open_trace(char **error)
     return true;
 }
 
+/* Everything written goes out and the trace is closed: its reader sees the end; "enable" opens it again. */
+static void close_trace(void)
+{
+    flush_all_rings();
+    pthread_mutex_lock(&writer_lock);
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i]) {
+            finish_vcpu_trace_file(rings[i]);
+        }
+    }
+    if (trace_fd >= 0) {
+        close(trace_fd);
+        trace_fd = -1;
+    }
+    if (shm_ring) {
+        munmap(shm_ring, shm_ring_size);
+        shm_ring = NULL;
+    }
+    trace_broken = false;
+    pthread_mutex_unlock(&writer_lock);
+}
+
+static void set_window(bool open)
+{
+    __atomic_store_n(&window_open, open, __ATOMIC_SEQ_CST);
+    update_tracing();
+}
+
 static bool enable_tracing(char **error)
 {
     if (!open_trace(error)) {
@@ -632,11 +1067,13 @@ static bool enable_tracing(char **error)
             r->head_at_enable = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
             r->events_at_enable = __atomic_load_n(&r->events, __ATOMIC_RELAXED);
             r->dropped_at_enable = __atomic_load_n(&r->dropped, __ATOMIC_RELAXED);
+            r->markers_at_enable = __atomic_load_n(&r->markers, __ATOMIC_RELAXED);
         }
     }
     written_to_file = 0;
     pthread_mutex_unlock(&writer_lock);
-    __atomic_store_n(&tracing_enabled, true, __ATOMIC_SEQ_CST);
+    reset_instruction_budgets();
+    set_window(true);
     return true;
 }
 
@@ -658,6 +1095,8 @@ static char *handle_set(char **words)
     config.trace_only_cpl3 = updated.trace_only_cpl3;
     config.log_block_len = updated.log_block_len;
     config.log_tracing_ratio = updated.log_tracing_ratio;
+    config.only_marked_regions = updated.only_marked_regions;
+    update_tracing();
     __atomic_store_n(&sampling_mask,
                      sampling_mask_for(config.log_block_len, config.log_tracing_ratio),
                      __ATOMIC_RELAXED);
@@ -679,7 +1118,12 @@ static char *handle_command(char *line)
         return g_strdup("ok");
     }
     if (g_strcmp0(cmd, "disable") == 0) {
-        __atomic_store_n(&tracing_enabled, false, __ATOMIC_SEQ_CST);
+        set_window(false);
+        return g_strdup("ok");
+    }
+    if (g_strcmp0(cmd, "close") == 0) {
+        set_window(false);
+        close_trace();
         return g_strdup("ok");
     }
     if (g_strcmp0(cmd, "flush") == 0) {
@@ -781,13 +1225,16 @@ static void stop_control_channel(void)
 static void forget_trace_in_child(void)
 {
     /* user mode: a forked child is not traced; its copy of the rings is stale. */
-    __atomic_store_n(&tracing_enabled, false, __ATOMIC_RELAXED);
+    __atomic_store_n(&window_open, false, __ATOMIC_RELAXED);
     pthread_mutex_init(&writer_lock, NULL);
     for (unsigned i = 0; i < num_rings; i++) {
         if (rings[i]) {
+            rings[i]->tracing = false;
             rings[i]->tail = rings[i]->head;
+            rings[i]->fd = -1;   /* the parent's per-vCPU files: never written by the child */
         }
     }
+    config.trace_dir = NULL;
     if (trace_fd >= 0) {
         close(trace_fd);
         trace_fd = -1;
@@ -819,10 +1266,7 @@ static void plugin_exit(qemu_plugin_id_t id, void *p)
     flush_all_rings();
     stop_control_channel();
     write_counters_file();
-    if (trace_fd >= 0) {
-        close(trace_fd);
-        trace_fd = -1;
-    }
+    close_trace();
 }
 
 /* ------------------------------------------------------------- install */
@@ -857,13 +1301,16 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     if (!validate_sampling(&config, &error)) {
         return fail_install(error);
     }
-    if (!config.trace_fifo_path == !config.trace_shm_path) {
-        return fail_install(g_strdup("one of trace_fifo_path=PATH and trace_shm_path=PATH is required"));
+    if (!!config.trace_fifo_path + !!config.trace_shm_path + !!config.trace_dir != 1) {
+        return fail_install(g_strdup("one of trace_fifo_path=PATH, trace_shm_path=PATH and trace_dir=DIR "
+                                     "is required"));
     }
     plugin_id = id;
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     retranslate_flag = qemu_plugin_scoreboard_u64(retranslate_board);
+    budget_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
+    instruction_budget = qemu_plugin_scoreboard_u64(budget_board);
     pthread_atfork(NULL, NULL, forget_trace_in_child);
     if (config.enabled && !enable_tracing(&error)) {
         return fail_install(error);
