@@ -1,52 +1,57 @@
-"""--dont_exit_qemu_when_done: after the report, the user's terminal is joined to QEMU's human
-monitor (a unix socket in the run's private directory) until they `quit` it."""
-import os
-import select
-import socket
+"""--dont_exit_qemu_when_done: after the report, the user talks to QEMU's monitor until they `quit`.
+
+Lines go to QEMU's human monitor (through QMP's human-monitor-command, so its answers come back
+whole), except memory_tracer's own commands, which control tracing while the guest runs
+(qemutrace's start/stop from the monitor):
+
+    trace_start    open a new trace window: a fresh analysis tool (or your FIFO) gets the records
+    trace_stop     close it: deliver every record, print the analysis output and the trace info
+    trace_status   whether records are being written, and the counters of the open window
+"""
 import sys
-import termios
-import tty
 
-QUIT = b"quit\n"
+from .errors import MemoryTracerError
 
-
-def hand_over_monitor(socket_path, machine):
-    print("memory_tracer.py: QEMU keeps running; its monitor follows (type `quit` to end it).",
-          file=sys.stderr, flush=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(socket_path)
-    stdin = sys.stdin.fileno()
-    saved = None
-    if os.isatty(stdin):
-        # The monitor does its own line editing and echo, as on QEMU's own stdio.
-        saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
-    try:
-        _relay(sock, stdin, sys.stdout.buffer, machine)
-    except OSError:
-        pass   # QEMU closed the monitor as it quit
-    finally:
-        if saved is not None:
-            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-        sock.close()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+PROMPT = "(qemu) "
+HELP = """\
+trace_start  -- memory_tracer: start tracing (a new trace window, a fresh analysis tool)
+trace_stop   -- memory_tracer: stop tracing, deliver every record, print the analysis output
+trace_status -- memory_tracer: is tracing on, and the counters of the open window"""
 
 
-def _relay(sock, stdin, stdout, machine):
-    stdin_open = True
+def monitor_session(machine, tracing, stdin=sys.stdin, stdout=sys.stdout):
+    """Until `quit` (or the end of input, or QEMU ending): one line in, its answer out."""
+    interactive = stdin.isatty()
+    print("memory_tracer.py: QEMU keeps running; its monitor follows (type `quit` to end it, "
+          "`trace_start`, `trace_stop` and `trace_status` control tracing).", file=sys.stderr, flush=True)
     while machine.is_alive():
-        readable, _, _ = select.select([sock] + ([stdin] if stdin_open else []), [], [], 0.5)
-        if sock in readable:
-            data = sock.recv(65536)
-            if not data:
-                return
-            stdout.write(data)
+        if interactive:
+            stdout.write(PROMPT)
             stdout.flush()
-        if stdin in readable:
-            data = os.read(stdin, 4096)
-            if not data:          # end of input (not a terminal): quit, as the user would
-                sock.sendall(QUIT)
-                stdin_open = False
-            else:
-                sock.sendall(data)
+        line = stdin.readline()
+        if not line or line.strip() in ("quit", "q"):
+            break
+        answer = answer_line(line.strip(), machine, tracing)
+        if answer:
+            stdout.write(answer.rstrip("\n") + "\n")
+            stdout.flush()
+    if tracing is not None and tracing.active:
+        stdout.write(tracing.stop() + "\n")   # a window left open still gets its report
+        stdout.flush()
+
+
+def answer_line(line, machine, tracing):
+    if not line:
+        return ""
+    command = line.split()[0]
+    if command in ("trace_start", "trace_stop", "trace_status"):
+        if tracing is None:
+            return f"{command}: tracing is not available in this run (it was started with --dont_trace)."
+        try:
+            return getattr(tracing, command[len("trace_"):])()
+        except MemoryTracerError as exc:
+            return f"{command}: {exc}"
+    answer = machine.human_command(line)
+    if command in ("help", "?"):
+        answer = answer.rstrip("\n") + "\n" + HELP
+    return answer

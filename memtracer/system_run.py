@@ -21,7 +21,8 @@ from .errors import BadInputError, QemuError, WorkloadError
 from .guest_channel import GuestChannel
 from .host_run import RunResult
 from .machine_setup import build_smp_guest_image
-from .monitor import hand_over_monitor
+from .monitor import monitor_session
+from .report import format_report
 from .plugin_control import ControlChannel
 from .progress import Progress
 from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, qemu_command
@@ -140,7 +141,7 @@ class SystemRun:
 
     def hand_over(self):
         """--dont_exit_qemu_when_done: the user gets QEMU's monitor until they quit it."""
-        hand_over_monitor(self.paths.monitor, self.machine)
+        monitor_session(self.machine, HostTracing(self) if self.control is not None else None)
 
     # ------------------------------------------------------------------ steps
 
@@ -275,3 +276,64 @@ class SystemRun:
             self.result.workload_problem = f"the workload was {status}."
         elif self.process.exitstatus:
             self.result.workload_problem = f"the workload exited with code {self.process.exitstatus}."
+
+
+class HostTracing:
+    """trace_start / trace_stop / trace_status from the monitor, after the workload's own window.
+
+    Each window gets a fresh consumer at the same place (the plugin reopens its trace there):
+    the analysis tool started again with the same arguments, or the user's FIFO reopened."""
+
+    def __init__(self, run):
+        self.run = run
+        self.consumer = None
+        self.started = None
+
+    @property
+    def active(self):
+        return self.consumer is not None
+
+    def start(self):
+        if self.active:
+            return "trace_start: tracing is already on (trace_stop ends it)."
+        run = self.run
+        run.consumer.close()   # the workload's window is over: its FIFO or ring makes way
+        self.consumer = make_consumer(run.request, run.paths.directory)
+        try:
+            self.consumer.start(info_words=run.result.workload_info.split())
+            with run.machine.paused():
+                run.control.enable(self.consumer.check)
+        except BaseException:
+            self.consumer.close()
+            self.consumer = None
+            raise
+        self.started = time.monotonic()
+        return "tracing started"
+
+    def stop(self):
+        if not self.active:
+            return "trace_stop: tracing is off (trace_start starts it)."
+        run = self.run
+        result = RunResult(workload_info=run.result.workload_info)
+        result.duration_ms = int((time.monotonic() - self.started) * 1000)
+        try:
+            with run.machine.paused():
+                run.control.disable()
+                run.control.flush(self.consumer.check)
+                result.counters = run.control.counters()
+                run.control.close_trace()
+            result.trace_files = self.consumer.trace_files()
+            result.analysis_output = self.consumer.finish()
+        finally:
+            self.consumer.close()
+            self.consumer = None
+        return format_report(result, print_trace_info=True).rstrip("\n")
+
+    def status(self):
+        counters = self.run.control.counters()
+        lines = [f"tracing: {'on' if counters.get('tracing') else 'off'}"
+                 + ("" if self.active or counters.get("window_open") else " (no trace window: trace_start opens one)")]
+        if self.active:
+            lines.append(f"window open for: {time.monotonic() - self.started:.1f} s")
+            lines += [f"{name}: {value}" for name, value in counters.items() if name not in ("tracing", "window_open")]
+        return "\n".join(lines)
