@@ -12,6 +12,7 @@ from .errors import BadInputError, Interrupted, MemoryTracerError
 from .host_run import HostRun, RunRequest
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .report import format_report
+from .ssh_transport import load_private_key
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
 from .trace_settings import RECORD_FORMATS, TraceSettings
@@ -161,6 +162,15 @@ def build_parser():
     extensions.add_argument("--smp", type=int, default=1, metavar="N",
                             help="Full-system: N vCPUs. The snapshot must have been saved with N (for the "
                                  "built-in image, it is made on demand, or by build.py --smp N).")
+    extensions.add_argument("--ssh_key", metavar="PATH",
+                            help="Full-system: send the workload with SFTP to the guest's SSH server (through a "
+                                 "forwarded port of QEMU's user network), logging in with this private key; "
+                                 "the built-in image accepts build/guest_image/id_memory_tracer. No password is "
+                                 "ever used.")
+    extensions.add_argument("--ssh_user", default="root", help="The guest user of --ssh_key (default: root).")
+    extensions.add_argument("--workload_files", metavar="PATH",
+                            help="With --ssh_key: a file or a whole directory copied to the guest user's home as "
+                                 "`workload` (seed 000's --workload_path) before the workload runs.")
     extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
                             help="Drop (and count) records when the reader is slower than the guest, "
                                  "instead of making the guest wait (the default is lossless).")
@@ -217,6 +227,9 @@ def validate(parser, args):
     if args.workload_path_on_host is None:
         raise BadInputError("--workload_path_on_guest needs a guest image; in --user_mode and with "
                             "--dont_use_qemu, pass the program with --workload_path_on_host.")
+    if args.ssh_key is not None or args.workload_files is not None:
+        raise BadInputError("--ssh_key and --workload_files apply to full-system runs only (in --user_mode "
+                            "and with --dont_use_qemu the workload runs on this host).")
     if args.smp != 1:
         raise BadInputError("--smp applies to full-system runs only (in --user_mode every guest thread "
                             "is a vCPU of its own).")
@@ -278,6 +291,14 @@ def _system_run_plan(args, settings, workload_args):
         _require_program(args.workload_path_on_host)
     if args.guest_RAM_in_MBs <= 0:
         raise BadInputError(f"guest_RAM_in_MBs must be a positive number of MiB, but {args.guest_RAM_in_MBs} isn't.")
+    if args.workload_files is not None:
+        if args.ssh_key is None:
+            raise BadInputError("--workload_files needs --ssh_key (the files go to the guest with SFTP).")
+        if not os.path.exists(args.workload_files):
+            raise BadInputError(f"workload_files must be a file or directory path, but {args.workload_files} isn't.")
+    if args.ssh_key is not None:
+        _require("file", "ssh_key", args.ssh_key)
+        load_private_key(args.ssh_key)   # a bad key fails now, before QEMU starts
     qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
     image_path = os.path.abspath(args.guest_image_path)
     builtin = os.path.samefile(image_path, DEFAULT_GUEST_IMAGE) if DEFAULT_GUEST_IMAGE.exists() else False
@@ -293,6 +314,9 @@ def _system_run_plan(args, settings, workload_args):
         graphic=args.dont_use_nographic,
         keep_qemu=args.dont_exit_qemu_when_done,
         private_copy=args.run_on_private_copy,
+        ssh_key=args.ssh_key and os.path.abspath(args.ssh_key),
+        ssh_user=args.ssh_user,
+        workload_files=args.workload_files and os.path.abspath(args.workload_files),
     )
     return _run_request(args, settings, None), qemu_dir, target
 

@@ -17,10 +17,16 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 # virtio-serial is modular in the cloud kernel; busybox insmod loads these in this order.
 VIRTIO_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-                  "virtio_pci", "virtio_console"]
+                  "virtio_pci", "virtio_console",
+                  # the network, for the SSH server (the cloud kernel has no e1000: a virtio-net NIC)
+                  "failover", "net_failover", "virtio_net"]
 FAT_SIZE_KIB = 64 * 1024
 # Real programs from Debian packages, copied into the guest with their libraries (the benchmark).
 GUEST_DEBIAN_PROGRAMS = ["gzip", "xz", "sort"]
+# The SSH server (dropbear, with OpenSSH's sftp-server) that memory_tracer --ssh_key reaches.
+GUEST_SSH_PROGRAMS = ["dropbear", "dropbearkey", "/usr/lib/openssh/sftp-server"]
+DROPBEAR_SFTP_SERVER = "/usr/lib/sftp-server"   # where Debian's dropbear runs it from
+SSH_KEY = GUEST_IMAGE_DIR / "id_memory_tracer"   # its public half is root's authorized key
 IMAGE_FILES = REPO_DIR / "to_run_on_guest" / "image"
 
 
@@ -80,9 +86,9 @@ def _newc_entry(name, mode, data=b"", rdev=(0, 0)):
     return header + name_bytes + pad(len(header) + len(name_bytes)) + data + pad(len(data))
 
 
-def make_initramfs(busybox, runner, modules, init_text=None, extra_files=None):
+def make_initramfs(busybox, runner, modules, init_text=None, extra_files=None, text_files=None):
     """gzip'd newc cpio, written in Python so /dev/console can be a device node without root.
-    extra_files: {path in the guest: path on the host}."""
+    extra_files: {path in the guest: path on the host}; text_files: {path in the guest: (mode, text)}."""
     init = init_text.encode() if init_text is not None else (IMAGE_FILES / "init").read_bytes()
     files = {"init": (0o755, init), "bin/busybox": (0o755, Path(busybox).read_bytes()),
              "bin/runner": (0o755, Path(runner).read_bytes())}
@@ -90,6 +96,8 @@ def make_initramfs(busybox, runner, modules, init_text=None, extra_files=None):
         files[f"lib/modules/{name}.ko"] = (0o644, path.read_bytes())
     for guest_path, host_path in (extra_files or {}).items():
         files[guest_path.lstrip("/")] = (os.stat(host_path).st_mode & 0o777, Path(host_path).read_bytes())
+    for guest_path, (mode, text) in (text_files or {}).items():
+        files[guest_path.lstrip("/")] = (mode, text.encode())
     directories = {"dev", "proc", "sys", "tmp"}
     for name in files:
         parts = name.split("/")[:-1]
@@ -106,7 +114,9 @@ def debian_programs_with_libraries(programs):
     busybox guest runs them as they are: real programs from Debian packages, for the benchmark."""
     files = {}
     for program in programs:
-        real = shutil.which(program)
+        real = program if os.path.isabs(program) else shutil.which(program)
+        if real is not None and not os.path.exists(real):
+            real = None
         if real is None:
             raise BuildError(f"{program} is not installed on this host (it goes into the guest image)")
         files[real] = os.path.realpath(real)
@@ -116,6 +126,28 @@ def debian_programs_with_libraries(programs):
             if path.startswith("/"):
                 files[path] = os.path.realpath(path)
     return files
+
+
+def ssh_key_pair():
+    """The key memory_tracer --ssh_key uses with the built-in image (made once, 0600): the private
+    half stays in build/, the public half becomes root's authorized key in the guest."""
+    if not SSH_KEY.exists():
+        import paramiko   # only the image build needs it here
+        SSH_KEY.parent.mkdir(parents=True, exist_ok=True)
+        key = paramiko.ECDSAKey.generate(bits=256)
+        fd = os.open(SSH_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            key.write_private_key(f)
+        Path(str(SSH_KEY) + ".pub").write_text(f"{key.get_name()} {key.get_base64()} memory_tracer\n")
+    return Path(str(SSH_KEY) + ".pub").read_text()
+
+
+def ssh_server_files():
+    """What dropbear needs in the busybox guest: root's account and authorized key."""
+    return {"/etc/passwd": (0o644, "root:x:0:0:root:/root:/bin/sh\n"),
+            "/etc/group": (0o644, "root:x:0:\n"),
+            "/etc/shells": (0o644, "/bin/sh\n"),
+            "/root/.ssh/authorized_keys": (0o600, ssh_key_pair())}
 
 
 # ----------------------------------------------------------------- the bootable disk
@@ -141,10 +173,11 @@ def build_disk_image(qemu_img, runner, destination, progress, guest_programs=())
         kernel_package, vmlinuz, modules = unpack_kernel(work)
         busybox = unpack_busybox(work)
         progress(f"making the initramfs and the boot disk ({kernel_package})")
-        extra = debian_programs_with_libraries(GUEST_DEBIAN_PROGRAMS)
+        extra = debian_programs_with_libraries(GUEST_DEBIAN_PROGRAMS + GUEST_SSH_PROGRAMS)
         extra.update({f"/usr/local/bin/{Path(p).name}": p for p in guest_programs})
         extra["/usr/local/bin/bench_in_guest.sh"] = IMAGE_FILES / "bench_in_guest.sh"
-        initrd = make_initramfs(busybox, runner, modules, extra_files=extra)
+        extra[DROPBEAR_SFTP_SERVER] = "/usr/lib/openssh/sftp-server"
+        initrd = make_initramfs(busybox, runner, modules, extra_files=extra, text_files=ssh_server_files())
         raw = work / "disk.raw"
         make_boot_disk(raw, vmlinuz, initrd, work)
         run([str(qemu_img), "convert", "-f", "raw", "-O", "qcow2", str(raw), str(destination)])

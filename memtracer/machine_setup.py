@@ -15,7 +15,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import BuildError
-from .guest_image import build_disk_image
+from .guest_image import SSH_KEY, build_disk_image
+
+BUILTIN_NIC_MODEL = "virtio-net-pci"   # the cloud kernel drives virtio-net, not the default e1000
 from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, builtin_guest_image, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
                      DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR, QemuDir)
 from .qemu_machine import MachineProfile
@@ -44,7 +46,9 @@ BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
 BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
                   "xz-utils", "dpkg-dev", "zlib1g-dev", "libzstd-dev",
                   # the built-in guest image: a FAT boot disk made without loop mounts
-                  "mtools", "dosfstools", "syslinux", "syslinux-common"]
+                  "mtools", "dosfstools", "syslinux", "syslinux-common",
+                  # its SSH server (memory_tracer --ssh_key)
+                  "dropbear-bin", "openssh-sftp-server"]
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
@@ -279,7 +283,9 @@ def guest_image_up_to_date(qemu_version):
     sidecar = MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)
     if not DEFAULT_GUEST_IMAGE.exists() or not sidecar.exists():
         return False
-    if out_of_date(DEFAULT_GUEST_IMAGE, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES, *guest_program_paths()]):
+    # The sidecar, not the image: QEMU touches the image file whenever it runs on it.
+    if out_of_date(sidecar, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES, *guest_program_paths(), SSH_KEY,
+                             REPO_DIR / "memtracer" / "guest_image.py"]):
         return False
     saved = json.loads(sidecar.read_text())
     return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT
@@ -299,7 +305,7 @@ def build_guest_image(qemu_version, remake=False):
         step(f"guest image: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r} "
              f"({DEFAULT_GUEST_RAM_MB} MiB RAM)")
         save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
-                            virtio_serial=True)
+                            virtio_serial=True, nic_model=BUILTIN_NIC_MODEL)
         fresh.rename(DEFAULT_GUEST_IMAGE)
         fresh_sidecar.rename(MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE))
     finally:
@@ -321,7 +327,8 @@ def build_smp_guest_image(smp, progress=step):
 
 
 def _make_smp_guest_image(smp, image, sidecar, progress):
-    if (image.exists() and sidecar.exists() and not out_of_date(image, [DEFAULT_GUEST_IMAGE])
+    if (image.exists() and sidecar.exists()
+            and not out_of_date(sidecar, [MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)])
             and json.loads(sidecar.read_text()).get("smp") == smp):
         progress(f"guest image for {smp} vCPUs: up to date ({image})")
         return image
@@ -331,7 +338,7 @@ def _make_smp_guest_image(smp, image, sidecar, progress):
         run([str(DEFAULT_QEMU_DIR / "qemu-img"), "convert", "-O", "qcow2", str(DEFAULT_GUEST_IMAGE), str(fresh)])
         progress(f"guest image for {smp} vCPUs: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r}")
         save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
-                            virtio_serial=True, smp=smp)
+                            virtio_serial=True, smp=smp, nic_model=BUILTIN_NIC_MODEL)
         fresh.rename(image)
         fresh_sidecar.rename(sidecar)
     finally:

@@ -35,6 +35,7 @@ class MachineProfile:
     machine: str = "pc"
     smp: int = 1
     virtio_serial: bool = False           # the runner's fast port (the built-in image has it)
+    nic_model: str = None                 # the user network's card; None: QEMU's default card
     qemu_version: str = None              # what saved the snapshot, for the error messages
     snapshot: str = None
 
@@ -126,6 +127,9 @@ def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, gra
         command += ["-device", "virtio-serial-pci,id=mt_virtio_serial",
                     *_socket_chardev("mt_port", VIRTIO_PORT_SOCKET),
                     "-device", f"virtserialport,bus=mt_virtio_serial.0,chardev=mt_port,name={VIRTIO_PORT_NAME}"]
+    if profile.nic_model:
+        # Port forwards are added at run time (hostfwd_add): they are not part of the saved state.
+        command += ["-nic", f"user,model={profile.nic_model}"]
     if not graphic:
         command += ["-display", "none"]
     if plugin is not None:

@@ -40,9 +40,9 @@ def wait_for_runner(machine, channel, deadline, progress):
 
 def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ram_mb=DEFAULT_GUEST_RAM_MB,
                         virtio_serial=False, machine=PINNED_MACHINE, progress=lambda message: None,
-                        boot_timeout=BOOT_TIMEOUT_SECONDS, smp=1):
+                        boot_timeout=BOOT_TIMEOUT_SECONDS, smp=1, nic_model=None):
     """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
-    profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp,
+    profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp, nic_model=nic_model,
                              qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
     with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir:
         os.chmod(private_dir, 0o700)
@@ -80,6 +80,8 @@ def main(argv=None):
     parser.add_argument("--qemu_with_GMBEOO_path", default=str(DEFAULT_QEMU_DIR))
     parser.add_argument("--boot_timeout", type=float, default=BOOT_TIMEOUT_SECONDS)
     parser.add_argument("--smp", type=int, default=1, help="vCPUs (memory_tracer --smp must then be the same)")
+    parser.add_argument("--nic_model", help="the network card of QEMU's user network (e.g. virtio-net-pci); "
+                                            "default: QEMU's default card")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.image):
         print(f"image must be a file path, but {args.image} isn't.", file=sys.stderr)
@@ -91,7 +93,7 @@ def main(argv=None):
         qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system")
         save_ready_snapshot(args.image, qemu_dir, args.snapshot_name, args.guest_RAM_in_MBs,
                             args.virtio_serial, progress=lambda m: print(m, file=sys.stderr),
-                            boot_timeout=args.boot_timeout, smp=args.smp)
+                            boot_timeout=args.boot_timeout, smp=args.smp, nic_model=args.nic_model)
     except MemoryTracerError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from .host_run import RunResult
 from .machine_setup import build_smp_guest_image
 from .monitor import monitor_session
 from .report import format_report
+from .ssh_transport import SshTransport
 from .plugin_control import ControlChannel
 from .progress import Progress
 from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, qemu_command
@@ -51,6 +52,9 @@ class GuestTarget:
     smp: int = 1
     make_builtin_image: bool = False    # the built-in image for smp vCPUs, made on demand
     private_copy: bool = False
+    ssh_key: str = None                 # send the workload with SFTP (ssh_transport.py)
+    ssh_user: str = "root"
+    workload_files: str = None          # with ssh_key: copied to the guest's ~/workload
 
 
 def check_image(qemu_img, image_path, snapshot):
@@ -206,6 +210,8 @@ class SystemRun:
                         "(see the README: preparing your own image)")
 
     def _place_workload(self):
+        if self.target.ssh_key is not None:
+            return self._place_workload_with_sftp()
         if self.target.workload_path_on_guest is not None:
             return self.target.workload_path_on_guest
         with open(self.target.workload_path_on_host, "rb") as f:
@@ -222,6 +228,24 @@ class SystemRun:
         path = self.channel.send_workload(data, compress=serial, timeout=timeout, progress=show)
         self.timings["transfer"] = time.monotonic() - started
         log.debug("sent %d bytes over the %s in %.3f s", len(data), self.channel.name, self.timings["transfer"])
+        return path
+
+    def _place_workload_with_sftp(self):
+        self.progress.phase("connecting to the guest's SSH server")
+        started = time.monotonic()
+        ssh = SshTransport(self.machine, self.target.ssh_key, self.target.ssh_user).connect()
+        self._cleanup.callback(ssh.close)
+        if self.target.workload_files is not None:
+            self.progress.phase("sending the workload files with SFTP")
+            placed = ssh.send(self.target.workload_files, "workload")
+            log.debug("workload files: %s -> %s", self.target.workload_files, placed)
+        path = self.target.workload_path_on_guest
+        if self.target.workload_path_on_host is not None:
+            self.progress.phase("sending the workload with SFTP")
+            path = ssh.send(self.target.workload_path_on_host, "workload_runner")
+        self.timings["transfer"] = time.monotonic() - started
+        log.debug("SFTP transfer took %.3f s; the workload is %s on the guest", self.timings["transfer"], path)
+        ssh.close()
         return path
 
     def _open_window(self):
