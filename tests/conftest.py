@@ -19,7 +19,7 @@ TEST_TOOLS = Path(__file__).resolve().parent / "tools"
 GUEST_IMAGE = BUILD / "guest_image" / "memory_tracer_guest.qcow2"
 SNAPSHOT = "ready_for_memory_tracer"
 
-SECTION_HEADERS = ("workload info:", "analysis output:", "trace info:")
+SECTION_HEADERS = ("workload info:", "analysis output:", "trace files:", "trace info:")
 
 
 def pytest_sessionstart(session):

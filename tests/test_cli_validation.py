@@ -29,6 +29,18 @@ CASES = [
     (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT,
       "--log_of_GMBE_block_len", "32", "--log_of_GMBE_tracing_ratio", "33"],
      "log_of_GMBE_block_len + log_of_GMBE_tracing_ratio must be in range [0, 64], but 32 + 33 = 65 isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--max_instructions", "-5"],
+     "max_instructions must be a positive number of instructions, but -5 isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--smp", "0"],
+     "smp must be in range [1, 64], but 0 isn't."),
+    (["--workload_path_on_host", KNOWN, "--trace_files_per_vcpu", "no/such/dir"],
+     "trace_files_per_vcpu must be a dir path, but no/such/dir isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--workload_files", KNOWN],
+     "--workload_files needs --ssh_key (the files go to the guest with SFTP)."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--ssh_key", "no/such/key"],
+     "ssh_key must be a file path, but no/such/key isn't."),
+    (["--user_mode", "--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--smp", "2"],
+     "--smp applies to full-system runs only (in --user_mode every guest thread is a vCPU of its own)."),
 ]
 
 

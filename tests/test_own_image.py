@@ -8,7 +8,8 @@ import time
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from conftest import GUEST_IMAGE, PROGRAMS, QEMU_DIR, SNAPSHOT, TOOLS, analysis_counts, promised_counts
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, SNAPSHOT, TOOLS, analysis_counts, processes_mentioning,
+                      promised_counts)
 from memtracer.guest_channel import GuestChannel
 from memtracer.guest_image import make_boot_disk, make_initramfs, unpack_busybox, unpack_kernel
 from memtracer.layout import GUEST_RUNNER
@@ -87,3 +88,12 @@ def test_own_image_with_the_wrong_ram_size_says_what_to_pass(tracer, own_image):
 
 def test_builtin_image_is_not_touched_by_own_image_runs(own_image):
     assert GUEST_IMAGE.exists() and own_image.parent != GUEST_IMAGE.parent
+
+
+def test_own_image_with_another_vcpu_count_says_so(tracer, own_image):
+    run = tracer(own_image, SNAPSHOT, QEMU_DIR, "--guest_RAM_in_MBs", RAM_MB, "--smp", "2",
+                 "--workload_path_on_guest", "/bin/true", "--dont_trace")
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "saved with another QEMU configuration (machine type, devices or -smp)" in run.stderr
+    assert processes_mentioning("qemu-system-x86_64") == []
