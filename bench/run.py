@@ -53,12 +53,17 @@ QEMU_MODES = {
     "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
     "mem plugin": ["--dont_trace", "--qemu_plugin", f"{MEM_PLUGIN},callback=on"],
+    # issue 6: the opt-in formats, and the cost of counting instructions for --max_instructions
+    "compact 8B": COUNT + ["--record_format", "compact"],
+    "extended 32B": COUNT + ["--record_format", "extended"],
+    "insn limit": COUNT + ["--max_instructions", str(10 ** 15)],
 }
 SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
 COLORS = {"traced": "tab:blue", "shm ring": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
-          "mem plugin": "tab:purple"}
+          "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
+          "insn limit": "tab:gray"}
 GOALS = """Goals: full-system traced/untraced <= 1.3x; user mode traced/native <= 5x; sampled 1/1024 <= 1.2x
 untraced; 0 dropped or missing; >= 150 M accesses/s delivered full-system."""
 
@@ -184,7 +189,8 @@ def suite_table(suite, rows):
     modes = modes_of(suite)
     ratios = [("traced", "native"), ("traced", "untraced"), ("shm ring", "untraced"),
               *([("CPL3-only", "untraced")] if suite == "system" else []), ("sampled 1/1024", "untraced"),
-              ("mem plugin", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
+              ("mem plugin", "untraced"), ("compact 8B", "untraced"), ("extended 32B", "untraced"),
+              ("insn limit", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
     header = ["workload", *[f"{m} ms" for m in modes], *[f"{a}/{b}" for a, b in ratios],
               "M accesses/s traced", "dropped+missing"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

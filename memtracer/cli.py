@@ -40,6 +40,10 @@ struct GMBEOO_TraceRecord {
     uint64_t virt_addr : 64;
 };
 
+A record whose size_shift is 7 is not an access but a marker from guest code (see
+to_run_on_guest/memory_tracer_markers.h and qemu_patches/gmbe_record.h); skip it if you do not
+need it. --record_format selects the opt-in 32-byte (physical address, PC) or 8-byte records.
+
 memory_tracer.py also prints the workload info (in case it isn't the empty string), and the
 tracing duration in milliseconds. In case --analysis_tool_path is specified, memory_tracer.py also
 prints the output of the analysis tool.

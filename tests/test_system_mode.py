@@ -221,15 +221,26 @@ def test_dont_use_nographic_without_a_display_says_so(tracer):
                                   "(is DISPLAY set?); run without --dont_use_nographic")
 
 
-@pytest.mark.parametrize("change", [{"virtio_serial": False}, {"smp": 2}])
-def test_configuration_other_than_the_snapshots_is_explained(tracer, tmp_path, change):
+@pytest.mark.parametrize("change,args", [({"virtio_serial": False}, []), ({"smp": 2}, ["--smp", "2"])])
+def test_configuration_other_than_the_snapshots_is_explained(tracer, tmp_path, change, args):
     """loadvm needs savevm's devices and -smp: a description that disagrees gets advice, not a trace."""
     image = tmp_path / "copy.qcow2"
     shutil.copyfile(GUEST_IMAGE, image)
     description = json.loads(Path(str(GUEST_IMAGE) + ".memory_tracer.json").read_text())
     Path(str(image) + ".memory_tracer.json").write_text(json.dumps({**description, **change}))
-    run = tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace")
+    run = tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace", *args)
     assert run.returncode == 1
     assert run.stderr.startswith(f"the snapshot {SNAPSHOT!r} was saved with another QEMU configuration "
                                  "(machine type, devices or -smp)")
     assert "python3 build.py --remake_guest_image" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_smp_other_than_the_images_description_is_refused_before_qemu_starts(tracer, tmp_path):
+    image = tmp_path / "copy.qcow2"
+    shutil.copyfile(GUEST_IMAGE, image)
+    shutil.copyfile(str(GUEST_IMAGE) + ".memory_tracer.json", str(image) + ".memory_tracer.json")
+    run = tracer(image, SNAPSHOT, QEMU_DIR, "--workload_path_on_guest", "/bin/true", "--dont_trace", "--smp", "3")
+    assert run.returncode == 1
+    assert run.stderr.strip() == (f"smp must be the vCPU count the snapshot was saved with, 1 (see {image}"
+                                  f".memory_tracer.json), but 3 isn't; save a snapshot for 3 vCPUs with "
+                                  f"`python3 -m memtracer.snapshot {image} --smp 3`.")
