@@ -343,7 +343,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="memory_tracer: %(message)s", stream=sys.stderr)
-    for noisy in ("qemu.qmp", "asyncio"):   # their protocol dumps drown ours
+    for noisy in ("qemu.qmp", "asyncio", "paramiko"):   # their protocol dumps drown ours
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         with sigterm_as_interrupt():
