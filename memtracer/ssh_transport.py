@@ -27,7 +27,7 @@ def load_private_key(path):
     """The private key at path; a clear one-line error for anything else."""
     try:
         return paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):   # TypeError: cryptography's word for the same
         raise BadInputError(f"ssh_key must be an unencrypted private key file, but {path} is encrypted "
                             "(memory_tracer never asks for a passphrase).") from None
     except (paramiko.SSHException, OSError, ValueError, UnicodeDecodeError) as exc:

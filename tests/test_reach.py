@@ -247,6 +247,17 @@ def test_ssh_with_a_key_the_guest_refuses(tracer, tmp_path):
     assert processes_mentioning("qemu-system-x86_64") == []
 
 
+def test_ssh_key_that_is_encrypted(tracer, tmp_path):
+    import paramiko
+    encrypted = tmp_path / "encrypted_key"
+    paramiko.ECDSAKey.generate(bits=256).write_private_key_file(str(encrypted), password="secret")
+    run = tracer(*system("--ssh_key", encrypted, "--workload_path_on_host", PROGRAMS / "known_accesses",
+                         "--analysis_tool_path", TOOLS / "count"))
+    assert run.returncode == 1
+    assert run.stderr.strip() == (f"ssh_key must be an unencrypted private key file, but {encrypted} is encrypted "
+                                  "(memory_tracer never asks for a passphrase).")
+
+
 def test_ssh_key_that_is_not_a_key(tracer, tmp_path):
     bad = tmp_path / "not_a_key"
     bad.write_text("not a key\n")
