@@ -204,32 +204,35 @@ static void gmbe_deliver_standard(const gmbe_tool *tool, const struct gmbe_recor
 
 #define GMBE_SCRATCH_RECORDS 4096
 
+/* Extended records whole to process_extended (split at markers, as above), or narrowed to 16 bytes. */
 static void gmbe_deliver_extended(const gmbe_tool *tool, const struct gmbe_extended_record *x, size_t n)
 {
     static struct gmbe_record narrow[GMBE_SCRATCH_RECORDS];
+    if (!tool->process_extended) {
+        for (size_t done = 0; done < n;) {
+            size_t count = n - done < GMBE_SCRATCH_RECORDS ? n - done : GMBE_SCRATCH_RECORDS;
+            for (size_t i = 0; i < count; i++) {
+                narrow[i] = (struct gmbe_record){ x[done + i].info_word, x[done + i].virt_addr };
+            }
+            gmbe_deliver_standard(tool, narrow, count);
+            done += count;
+        }
+        return;
+    }
     size_t start = 0;
     for (size_t i = 0; i < n; i++) {
         struct gmbe_record head = { x[i].info_word, x[i].virt_addr };
-        int marker = gmbe_is_marker(&head);
-        if (tool->process_extended) {
-            if (marker) {
-                if (i > start) {
-                    tool->process_extended(x + start, i - start);
-                }
-                if (tool->marker) {
-                    tool->marker(&head);
-                }
-                start = i + 1;
+        if (__builtin_expect(gmbe_is_marker(&head), 0)) {
+            if (i > start) {
+                tool->process_extended(x + start, i - start);
             }
-            continue;
-        }
-        narrow[i - start] = head;
-        if (i - start + 1 == GMBE_SCRATCH_RECORDS || i + 1 == n) {
-            gmbe_deliver_standard(tool, narrow, i - start + 1);
+            if (tool->marker) {
+                tool->marker(&head);
+            }
             start = i + 1;
         }
     }
-    if (tool->process_extended && n > start) {
+    if (n > start) {
         tool->process_extended(x + start, n - start);
     }
 }

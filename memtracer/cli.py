@@ -12,7 +12,6 @@ from .errors import BadInputError, Interrupted, MemoryTracerError
 from .host_run import HostRun, RunRequest
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .report import format_report
-from .ssh_transport import load_private_key
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
 from .trace_settings import RECORD_FORMATS, TraceSettings
@@ -302,6 +301,8 @@ def _system_run_plan(args, settings, workload_args):
             raise BadInputError(f"workload_files must be a file or directory path, but {args.workload_files} isn't.")
     if args.ssh_key is not None:
         _require("file", "ssh_key", args.ssh_key)
+        # Imported here: paramiko takes ~0.1 s to import, which only runs with --ssh_key should pay.
+        from .ssh_transport import load_private_key
         load_private_key(args.ssh_key)   # a bad key fails now, before QEMU starts
     qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
     image_path = os.path.abspath(args.guest_image_path)

@@ -209,11 +209,7 @@ class HostRun:
 
     def _stop_recording(self):
         """End the trace window through the plugin: stop recording, deliver every record."""
-        self.control.disable()
-        self.control.flush(self.consumer.check)
-        counters = self.control.counters()
-        self.control.close_trace()
-        return counters
+        return self.control.end_window(self.consumer.check)
 
     def _close_control(self):
         if self.control is not None:

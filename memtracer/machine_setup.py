@@ -291,26 +291,36 @@ def guest_image_up_to_date(qemu_version):
     return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT
 
 
+def make_into_place(image, make_disk, smp=1):
+    """A built-in image made under a temporary name: make_disk(fresh) writes the disk, one boot
+    saves its snapshot for smp vCPUs, then it and its description move into place. Whatever
+    happens, the temporary files do not stay."""
+    fresh = image.with_name(f"making_{image.name}")
+    fresh_sidecar = MachineProfile.sidecar_path(fresh)
+    try:
+        make_disk(fresh)
+        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
+                            virtio_serial=True, smp=smp, nic_model=BUILTIN_NIC_MODEL)
+        fresh.rename(image)
+        fresh_sidecar.rename(MachineProfile.sidecar_path(image))
+    finally:
+        fresh.unlink(missing_ok=True)
+        fresh_sidecar.unlink(missing_ok=True)
+
+
 def build_guest_image(qemu_version, remake=False):
-    """The built-in image with its snapshot; made in a temporary name, then moved into place."""
+    """The built-in image with its snapshot."""
     if not remake and guest_image_up_to_date(qemu_version):
         step(f"guest image: up to date ({DEFAULT_GUEST_IMAGE})")
         return
     GUEST_IMAGE_DIR.mkdir(parents=True, exist_ok=True)
-    fresh = GUEST_IMAGE_DIR / "making.qcow2"
-    fresh_sidecar = MachineProfile.sidecar_path(fresh)
-    try:
+
+    def make_disk(fresh):
         build_disk_image(DEFAULT_QEMU_DIR / "qemu-img", GUEST_RUNNER, fresh,
                          lambda message: step(f"guest image: {message}"), guest_program_paths())
         step(f"guest image: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r} "
              f"({DEFAULT_GUEST_RAM_MB} MiB RAM)")
-        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
-                            virtio_serial=True, nic_model=BUILTIN_NIC_MODEL)
-        fresh.rename(DEFAULT_GUEST_IMAGE)
-        fresh_sidecar.rename(MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE))
-    finally:
-        fresh.unlink(missing_ok=True)
-        fresh_sidecar.unlink(missing_ok=True)
+    make_into_place(DEFAULT_GUEST_IMAGE, make_disk)
     size_mb = DEFAULT_GUEST_IMAGE.stat().st_size / 1e6
     step(f"guest image: {DEFAULT_GUEST_IMAGE} ({size_mb:.0f} MB)")
 
@@ -319,31 +329,20 @@ def build_smp_guest_image(smp, progress=step):
     """The built-in image saved with `smp` vCPUs: the disk of the one-vCPU image without its
     snapshot (qemu-img convert drops it), booted once with -smp and saved."""
     image = builtin_guest_image(smp)
-    sidecar = MachineProfile.sidecar_path(image)
     GUEST_IMAGE_DIR.mkdir(parents=True, exist_ok=True)
     with open(GUEST_IMAGE_DIR / f".making_smp{smp}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # two runs asking at once: the second waits, then finds it made
-        return _make_smp_guest_image(smp, image, sidecar, progress)
+        sidecar = MachineProfile.sidecar_path(image)
+        if (image.exists() and sidecar.exists()
+                and not out_of_date(sidecar, [MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)])
+                and json.loads(sidecar.read_text()).get("smp") == smp):
+            progress(f"guest image for {smp} vCPUs: up to date ({image})")
+            return image
 
-
-def _make_smp_guest_image(smp, image, sidecar, progress):
-    if (image.exists() and sidecar.exists()
-            and not out_of_date(sidecar, [MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)])
-            and json.loads(sidecar.read_text()).get("smp") == smp):
-        progress(f"guest image for {smp} vCPUs: up to date ({image})")
-        return image
-    fresh = GUEST_IMAGE_DIR / f"making_smp{smp}.qcow2"
-    fresh_sidecar = MachineProfile.sidecar_path(fresh)
-    try:
-        run([str(DEFAULT_QEMU_DIR / "qemu-img"), "convert", "-O", "qcow2", str(DEFAULT_GUEST_IMAGE), str(fresh)])
-        progress(f"guest image for {smp} vCPUs: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r}")
-        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
-                            virtio_serial=True, smp=smp, nic_model=BUILTIN_NIC_MODEL)
-        fresh.rename(image)
-        fresh_sidecar.rename(sidecar)
-    finally:
-        fresh.unlink(missing_ok=True)
-        fresh_sidecar.unlink(missing_ok=True)
+        def make_disk(fresh):
+            run([str(DEFAULT_QEMU_DIR / "qemu-img"), "convert", "-O", "qcow2", str(DEFAULT_GUEST_IMAGE), str(fresh)])
+            progress(f"guest image for {smp} vCPUs: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r}")
+        make_into_place(image, make_disk, smp)
     progress(f"guest image for {smp} vCPUs: {image}")
     return image
 

@@ -63,9 +63,14 @@ class ControlChannel:
     def flush(self, still_ok=lambda: True):
         self.command("flush", still_ok)
 
-    def close_trace(self):
-        """Write out everything and close the trace (its reader sees the end); `enable` reopens it."""
+    def end_window(self, still_ok=lambda: True):
+        """Stop recording, deliver every record, and close the trace (its reader sees the end; the
+        next `enable` reopens it); returns the window's counters."""
+        self.disable()
+        self.flush(still_ok)
+        counters = self.counters()
         self.command("close")
+        return counters
 
     def counters(self):
         return parse_counters(self.command("counters"))

@@ -118,7 +118,7 @@ class SshTransport:
                 self._send_file(entry.path, target)
 
     def _remove(self, remote):
-        """What an earlier run of the same snapshot's lifetime left there (never the case after loadvm)."""
+        """Whatever the snapshot already holds at remote (an image of your own may)."""
         try:
             mode = self.sftp.stat(remote).st_mode
         except FileNotFoundError:

@@ -23,7 +23,6 @@ from .host_run import RunResult
 from .machine_setup import build_smp_guest_image
 from .monitor import monitor_session
 from .report import format_report
-from .ssh_transport import SshTransport
 from .plugin_control import ControlChannel
 from .progress import Progress
 from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, qemu_command
@@ -126,13 +125,13 @@ class SystemRun:
             self.progress.phase("starting the analysis tool" if self.request.analysis_tool_path
                                 else "waiting for the reader of trace_fifo_path")
             self.consumer.start(info_words=self.result.workload_info.split())
-        self._open_window()
+        self.open_window(self.consumer)
         start = time.monotonic()
         session.release()
         self.progress.phase("the workload runs" + (" (traced)" if self.request.traced else ""))
         stopped = self._wait_for_stop(session)
         self.result.duration_ms = int((time.monotonic() - start) * 1000)
-        self._close_window()
+        self.close_window(self.consumer, self.result)
         if not stopped:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
             self.process.kill_workload()
@@ -231,6 +230,7 @@ class SystemRun:
         return path
 
     def _place_workload_with_sftp(self):
+        from .ssh_transport import SshTransport   # here: importing paramiko costs every run ~0.1 s
         self.progress.phase("connecting to the guest's SSH server")
         started = time.monotonic()
         ssh = SshTransport(self.machine, self.target.ssh_key, self.target.ssh_user).connect()
@@ -248,11 +248,11 @@ class SystemRun:
         ssh.close()
         return path
 
-    def _open_window(self):
+    def open_window(self, consumer):
         if self.control is None:
             return
         with self.machine.paused():
-            self.control.enable(self.consumer.check)
+            self.control.enable(consumer.check)
 
     def _wait_for_stop(self, session):
         """Wait for `Stop tracing`, keeping an eye on the consumer; False when --timeout passed."""
@@ -281,15 +281,14 @@ class SystemRun:
         except subprocess.TimeoutExpired:
             return False
 
-    def _close_window(self):
+    def close_window(self, consumer, result):
+        """Every record of the window delivered to consumer, the trace closed (ready to reopen for
+        trace_start); the counters and trace files go into result."""
         if self.control is None:
             return
         with self.machine.paused():
-            self.control.disable()
-            self.control.flush(self.consumer.check)
-            self.result.counters = self.control.counters()
-            self.control.close_trace()   # complete for its reader now, and ready to reopen (trace_start)
-        self.result.trace_files = self.consumer.trace_files()
+            result.counters = self.control.end_window(consumer.check)
+        result.trace_files = consumer.trace_files()
 
     def _finish_workload(self, session, stopped):
         session.finish(FINISH_GRACE_SECONDS)
@@ -325,8 +324,7 @@ class HostTracing:
         self.consumer = make_consumer(run.request, run.paths.directory)
         try:
             self.consumer.start(info_words=run.result.workload_info.split())
-            with run.machine.paused():
-                run.control.enable(self.consumer.check)
+            run.open_window(self.consumer)
         except BaseException:
             self.consumer.close()
             self.consumer = None
@@ -341,12 +339,7 @@ class HostTracing:
         result = RunResult(workload_info=run.result.workload_info)
         result.duration_ms = int((time.monotonic() - self.started) * 1000)
         try:
-            with run.machine.paused():
-                run.control.disable()
-                run.control.flush(self.consumer.check)
-                result.counters = run.control.counters()
-                run.control.close_trace()
-            result.trace_files = self.consumer.trace_files()
+            run.close_window(self.consumer, result)
             result.analysis_output = self.consumer.finish()
         finally:
             self.consumer.close()

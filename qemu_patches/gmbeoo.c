@@ -82,8 +82,7 @@ typedef struct {
     uint64_t dropped;            /* ever */
     uint64_t drop_retry_countdown;
     uint64_t markers;            /* marker records ever appended */
-    /* --max_instructions: what this vCPU was granted of what is left, and whether it is out. */
-    uint64_t granted;
+    /* --max_instructions: whether this vCPU found nothing left to spend. */
     bool out_of_instructions;
     unsigned index;
     /* Written by whoever flushes the ring, under writer_lock. */
@@ -96,7 +95,6 @@ typedef struct {
     uint64_t events_at_enable;
     uint64_t dropped_at_enable;
     uint64_t markers_at_enable;
-    uint64_t markers_flushed_at_enable;
 } VcpuRing;
 
 typedef enum { FORMAT_COMPACT = 1, FORMAT_STANDARD = 2, FORMAT_EXTENDED = 4 } RecordWords;
@@ -560,6 +558,23 @@ static void vcpu_mem_extended(unsigned int vcpu_index, qemu_plugin_meminfo_t inf
 
 /* ------------------------------------------------------------ markers */
 
+/* The low 8 bytes of a guest register of the current vCPU; false when it cannot be read. */
+static bool read_guest_register(struct qemu_plugin_register *reg, uint64_t *value)
+{
+    static __thread GByteArray *buf;
+    if (!buf) {
+        buf = g_byte_array_new();
+    }
+    g_byte_array_set_size(buf, 0);
+    int n = reg ? qemu_plugin_read_register(reg, buf) : 0;
+    if (n < 1) {
+        return false;
+    }
+    *value = 0;
+    memcpy(value, buf->data, (size_t)n < sizeof *value ? (size_t)n : sizeof *value);
+    return true;
+}
+
 /* A marker record, in stream order with the vCPU's accesses; written while the window is open. */
 static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
 {
@@ -583,31 +598,15 @@ static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
     __atomic_store_n(&r->head, head + 1, __ATOMIC_RELEASE);
 }
 
-static uint64_t read_guest_register(struct qemu_plugin_register *reg)
-{
-    static __thread GByteArray *buf;
-    uint64_t value = 0;
-    if (!buf) {
-        buf = g_byte_array_new();
-    }
-    g_byte_array_set_size(buf, 0);
-    if (reg) {
-        int n = qemu_plugin_read_register(reg, buf);
-        if (n > 0) {
-            memcpy(&value, buf->data, (size_t)n < sizeof value ? (size_t)n : sizeof value);
-        }
-    }
-    return value;
-}
-
 /* Runs before each magic instruction: acts on it when rax holds GMBE_MAGIC. */
 static void vcpu_magic(unsigned int vcpu_index, void *udata)
 {
-    if (read_guest_register(rax_register) != GMBE_MAGIC) {
+    uint64_t magic = 0, command = 0, number = 0;
+    if (!read_guest_register(rax_register, &magic) || magic != GMBE_MAGIC) {
         return;   /* an xchg %bx,%bx of somebody else's */
     }
     VcpuRing *r = rings[vcpu_index];
-    uint64_t command = read_guest_register(rcx_register);
+    read_guest_register(rcx_register, &command);
     switch (command) {
     case MAGIC_REGION_BEGIN:
         __atomic_store_n(&region_active, true, __ATOMIC_RELEASE);
@@ -620,7 +619,8 @@ static void vcpu_magic(unsigned int vcpu_index, void *udata)
         update_tracing();
         break;
     case MAGIC_MARKER:
-        append_marker(r, GMBE_MARKER_PROGRESS, read_guest_register(rdx_register));
+        read_guest_register(rdx_register, &number);
+        append_marker(r, GMBE_MARKER_PROGRESS, number);
         break;
     default:
         break;
@@ -665,7 +665,6 @@ static void vcpu_budget_spent(unsigned int vcpu_index, void *udata)
         share = share ? share : 1;
     } while (!__atomic_compare_exchange_n(&instructions_left, &left, left - share, false,
                                           __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
-    r->granted += share;
     qemu_plugin_u64_set(instruction_budget, vcpu_index, share);
 }
 
@@ -675,7 +674,6 @@ static void reset_instruction_budgets(void)
     __atomic_store_n(&instructions_left, config.max_instructions, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
         if (rings[i]) {
-            rings[i]->granted = 0;
             rings[i]->out_of_instructions = false;
             qemu_plugin_u64_set(instruction_budget, i, config.max_instructions ? 0 : NO_BUDGET_CHECK);
         }
@@ -686,16 +684,12 @@ static void reset_instruction_budgets(void)
 
 static unsigned current_cpl(void)
 {
-    static __thread GByteArray *buf;
-    if (!buf) {
-        buf = g_byte_array_new();
-    }
-    g_byte_array_set_size(buf, 0);
-    if (!cs_register || qemu_plugin_read_register(cs_register, buf) < 1) {
+    uint64_t cs;
+    if (!read_guest_register(cs_register, &cs)) {
         return 3;
     }
     /* A block is translated for one CPL, which is CS's RPL in protected mode. */
-    return buf->data[0] & 3;
+    return (unsigned)(cs & 3);
 }
 
 static void vcpu_retranslate(unsigned int vcpu_index, void *udata)

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (BUILD, PROGRAMS, REPO, TEST_TOOLS, TOOLS, parse_sections, processes_mentioning, system,
-                      user_mode)
+from conftest import (BUILD, PROGRAMS, REPO, TEST_TOOLS, TOOLS, parse_sections, processes_mentioning,
+                      promised_counts, system, user_mode)
 from memtracer.record import CPL_SHIFT, STORE_BIT, is_marker
 from memtracer.trace_file import TraceHeader, read_batches
 
@@ -190,10 +190,9 @@ def test_every_tool_reads_every_format(tracer, tmp_path, record_format):
     python = tracer(*common, "--analysis_tool_path", REPO / "analysis_tools" / "python" / "count.py")
     for run in (counted, recorded, python):
         assert run.returncode == 0, run.stderr
-    promised = {k: v for k, _, v in (w.partition("=") for w in info_words(counted.stdout)) if k != "range"}
     out = report(counted.stdout)
-    for kind, n in promised.items():
-        assert out[f"range_{kind}"] == n
+    for kind, n in promised_counts(counted.stdout).items():
+        assert out[f"range_{kind}"] == str(n)
     assert report(python.stdout)["range_records"] == out["range_records"]
     range_word = next(w for w in info_words(counted.stdout) if w.startswith("range="))
     replay = subprocess.run([TOOLS / "count", trace, range_word], stdout=subprocess.PIPE, text=True, check=True)
@@ -230,9 +229,8 @@ def test_ssh_sends_the_workload_program(tracer):
     run = tracer(*system("--ssh_key", SSH_KEY, "--workload_path_on_host", PROGRAMS / "known_accesses",
                          "--dont_add_communications_with_host_to_workload", "--analysis_tool_path", TOOLS / "count"))
     assert run.returncode == 0, run.stderr
-    promised = {k: v for k, _, v in (w.partition("=") for w in info_words(run.stdout)) if k != "range"}
     out = report(run.stdout)
-    assert all(out[f"range_{kind}"] == n for kind, n in promised.items())
+    assert all(out[f"range_{kind}"] == str(n) for kind, n in promised_counts(run.stdout).items())
 
 
 def test_ssh_with_a_key_the_guest_refuses(tracer, tmp_path):
