@@ -35,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from memtracer.environment import use_project_environment  # noqa: E402
+
+use_project_environment()   # any python3 runs it inside build/venv
 sys.path.insert(0, str(REPO / "bench"))
 
 import tools as bench_tools  # noqa: E402

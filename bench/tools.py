@@ -14,6 +14,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from memtracer.environment import use_project_environment  # noqa: E402
+
+use_project_environment()   # any python3 runs it inside build/venv
 
 from memtracer.layout import ANALYSIS_TOOLS_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT  # noqa: E402
 from memtracer.trace_file import read_batches  # noqa: E402

@@ -39,13 +39,17 @@ import stat
 import sys
 import time
 
-import numpy as np
+from .environment import use_project_environment
 
-from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, as_records, is_marker, marker_kinds,
-                     narrow_extended)
-from .trace_settings import RECORD_FORMATS
-from .shm_ring import ShmRingReader, is_ring
-from .trace_file import TraceHeader, read_batches
+use_project_environment()   # a tool started by any python3 runs inside build/venv
+
+import numpy as np  # noqa: E402
+
+from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, as_records, is_marker,  # noqa: E402
+                     marker_kinds, narrow_extended)
+from .shm_ring import ShmRingReader, is_ring  # noqa: E402
+from .trace_file import TraceHeader, read_batches  # noqa: E402
+from .trace_settings import RECORD_FORMATS  # noqa: E402
 
 READY = "Ready to analyze"
 BEGIN = "-----begin analysis output-----"

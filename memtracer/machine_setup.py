@@ -1,8 +1,8 @@
-"""What build.py does: set up a fresh Debian 12 machine and build every part, from lists.
+"""What build.py does inside the project's environment, once memtracer.bootstrap has installed the
+Debian packages and memtracer.environment the Python ones: build every part, from lists.
 
 Every step checks first and does nothing when its result is already there, so a second run is quick.
 """
-import configparser
 import fcntl
 import glob
 import json
@@ -11,44 +11,17 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
+from .bootstrap import MIN_QEMU_MAJOR, dpkg_version, run, step
 from .errors import BuildError
 from .guest_image import SSH_KEY, build_disk_image
-
-BUILTIN_NIC_MODEL = "virtio-net-pci"   # the cloud kernel drives virtio-net, not the default e1000
 from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, builtin_guest_image, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
                      DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR, QemuDir)
 from .qemu_machine import MachineProfile
 from .snapshot import save_ready_snapshot
 
-MIN_QEMU_MAJOR = 10
-
-APT_SOURCES_FILE = Path("/etc/apt/sources.list.d/memory-tracer.sources")
-# bookworm-backports has QEMU 10; its source package gives the matching plugin header and the
-# source of qemu-x86_64 (Debian's is static and cannot load plugins). trixie's source is the
-# fallback for when the exact version's tarball is gone.
-APT_SOURCES = """\
-Types: deb deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
-BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
-BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
-                  "xz-utils", "dpkg-dev", "zlib1g-dev", "libzstd-dev",
-                  # the built-in guest image: a FAT boot disk made without loop mounts
-                  "mtools", "dosfstools", "syslinux", "syslinux-common",
-                  # its SSH server (memory_tracer --ssh_key)
-                  "dropbear-bin", "openssh-sftp-server"]
+BUILTIN_NIC_MODEL = "virtio-net-pci"   # the cloud kernel drives virtio-net, not the default e1000
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
@@ -73,66 +46,7 @@ QEMU_USER_CONFIGURE = ["--target-list=x86_64-linux-user", "--enable-plugins", "-
                        "--disable-install-blobs"]
 
 
-def step(message):
-    print(f"==> {message}", file=sys.stderr, flush=True)
-
-
-def run(command, **kwargs):
-    """Run a command; on failure raise BuildError with its last lines of output."""
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", **kwargs)
-    if result.returncode != 0:
-        tail = "\n".join(result.stdout.strip().splitlines()[-15:])
-        raise BuildError(f"`{' '.join(map(str, command))}` failed (exit code {result.returncode}):\n{tail}")
-    return result.stdout
-
-
-# ----------------------------------------------------------------- Debian packages
-
-def dpkg_version(package):
-    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    status, _, version = result.stdout.partition("|")
-    return version if result.returncode == 0 and status.endswith(" installed") else None
-
-
-def upstream_major(debian_version):
-    match = re.match(r"(?:\d+:)?(\d+)\.", debian_version or "")
-    return int(match.group(1)) if match else 0
-
-
-def missing_packages():
-    missing = [p for p in BUILD_PACKAGES if dpkg_version(p) is None]
-    missing += [p for p in BACKPORTS_PACKAGES if upstream_major(dpkg_version(p)) < MIN_QEMU_MAJOR]
-    return missing
-
-
-def root_commands():
-    return [
-        f"cat > {APT_SOURCES_FILE} <<'EOF'\n{APT_SOURCES}EOF",
-        "apt-get update",
-        "apt-get install -y -t bookworm-backports " + " ".join(BACKPORTS_PACKAGES),
-        "apt-get install -y " + " ".join(BUILD_PACKAGES),
-    ]
-
-
-def install_debian_packages():
-    missing = missing_packages()
-    sources_ready = APT_SOURCES_FILE.exists() and APT_SOURCES_FILE.read_text() == APT_SOURCES
-    if not missing and sources_ready:
-        step("Debian packages: already installed")
-        return
-    if os.geteuid() != 0:
-        raise BuildError("build.py needs root to install Debian packages (" + " ".join(missing or ["deb-src"])
-                         + "). Run it as root, or run these as root first:\n" + "\n".join(root_commands()))
-    step("Debian packages: adding bookworm-backports and the deb-src entries")
-    APT_SOURCES_FILE.write_text(APT_SOURCES)
-    run(["apt-get", "update", "-q"])
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    step("Debian packages: installing " + " ".join(BACKPORTS_PACKAGES + BUILD_PACKAGES))
-    run(["apt-get", "install", "-y", "-q", "-t", "bookworm-backports", *BACKPORTS_PACKAGES], env=env)
-    run(["apt-get", "install", "-y", "-q", *BUILD_PACKAGES], env=env)
-
+# ----------------------------------------------------------------- QEMU and its source
 
 def check_qemu_version():
     qemu = shutil.which("qemu-system-x86_64")
@@ -145,36 +59,6 @@ def check_qemu_version():
                          "install qemu-system-x86 from bookworm-backports.")
     return ".".join(match.groups())
 
-
-# ----------------------------------------------------------------- Python packages
-
-def requirements(extras=("build", "test")):
-    config = configparser.ConfigParser()
-    config.read(REPO_DIR / "setup.cfg")
-    lines = config["options"]["install_requires"].strip().splitlines()
-    for extra in extras:
-        lines += config["options.extras_require"][extra].strip().splitlines()
-    return [line.strip() for line in lines if line.strip()]
-
-
-def install_python_packages():
-    wanted = requirements()
-    unmet = []
-    for requirement in wanted:
-        name, _, version = requirement.partition("==")
-        try:
-            if metadata.version(name) != version:
-                unmet.append(requirement)
-        except metadata.PackageNotFoundError:
-            unmet.append(requirement)
-    if not unmet:
-        step("Python packages: already installed")
-        return
-    step("Python packages: installing " + " ".join(unmet))
-    run([sys.executable, "-m", "pip", "install", "-q", *unmet])
-
-
-# ----------------------------------------------------------------- QEMU source
 
 def qemu_source_tree(qemu_version):
     """The upstream source of the installed QEMU version, from Debian's source package."""
@@ -364,9 +248,7 @@ def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
 
 
 def build_everything(remake_guest_image=False, smp_counts=()):
-    install_debian_packages()
     qemu_version = check_qemu_version()
-    install_python_packages()
     tree = qemu_source_tree(qemu_version)
     qemu_user = build_qemu_user(tree, qemu_version)
     build_plugins(tree)

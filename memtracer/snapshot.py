@@ -13,10 +13,14 @@ import sys
 import tempfile
 import time
 
-from .errors import MemoryTracerError, QemuError
-from .guest_channel import GuestChannel
-from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir
-from .qemu_machine import PINNED_MACHINE, MachinePaths, MachineProfile, QemuMachine, qemu_command
+from .environment import use_project_environment
+
+use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 runs inside build/venv
+
+from .errors import MemoryTracerError, QemuError  # noqa: E402
+from .guest_channel import GuestChannel  # noqa: E402
+from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
+from .qemu_machine import PINNED_MACHINE, MachinePaths, MachineProfile, QemuMachine, qemu_command  # noqa: E402
 
 BOOT_TIMEOUT_SECONDS = 300
 SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised

@@ -6,9 +6,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
+from memtracer.analysis_api import AnalysisTool  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from memtracer.analysis_api import AnalysisTool  # noqa: E402
 from memtracer.record import CPL_SHIFT, SIGN_EXTEND_BIT, SIZE_SHIFT_MASK, STORE_BIT, BIG_ENDIAN_BIT  # noqa: E402
 
 

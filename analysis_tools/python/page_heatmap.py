@@ -7,9 +7,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
+from memtracer.analysis_api import AnalysisTool, c_kernel  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from memtracer.analysis_api import AnalysisTool, c_kernel  # noqa: E402
 
 CDEF = """
 struct gmbe_record { uint64_t info_word; uint64_t virt_addr; };
