@@ -4,9 +4,15 @@
     plot.py heatmap DATA.tsv OUT.png   (pages --plot: page x time)
     plot.py reuse DATA.tsv OUT.png     (reuse --plot: histogram and cumulative curve)
 """
+import os
 import sys
 
-import matplotlib
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from memtracer.environment import use_project_environment  # noqa: E402
+
+use_project_environment()   # the C tools start it with whatever python3 is on PATH
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")   # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402

@@ -57,6 +57,11 @@ If --analysis_tool_path is specified, the provided analysis tool must do the fol
 4. Open the trace FIFO for read, and read trace records from it as fast as possible.
 SIGUSR1 is sent after the workload is done and every record has been written to the FIFO.
 
+The workload runs in its own directory (in the guest, natively with --dont_use_qemu, and in
+--user_mode), so a run script finds the files beside it. memory_tracer.py exits 0 when its report is
+complete, whatever the workload's own exit code (that goes to stderr; see --strict_exit_status),
+1 when the run failed, and 130 when interrupted.
+
 With --user_mode, the workload runs under qemu-x86_64 (with the GMBEOO plugin) on this host: no
 guest image is needed and the positional arguments may be left out."""
 
@@ -125,7 +130,9 @@ def build_parser():
     parser.add_argument("--dont_exit_qemu_when_done", action="store_true",
                         help="If specified, QEMU isn't terminated after running the workload (system mode).")
     parser.add_argument("--dont_use_nographic", action="store_true",
-                        help="Start QEMU with its monitor on stdio instead of -nographic (system mode).")
+                        help="Give QEMU a screen instead of -nographic (system mode): a window where DISPLAY "
+                             "is set, else VNC on a unix socket in the run's private directory (its path is "
+                             "printed). With --dont_exit_qemu_when_done, the monitor is on stdio.")
     parser.add_argument("--guest_RAM_in_MBs", type=int, default=2560,
                         help="The guest's RAM size; must equal the RAM size the snapshot was saved with.")
     parser.add_argument("--verbose", "-v", action="store_true", help="If specified, debug messages are printed.")
@@ -174,6 +181,10 @@ def build_parser():
     extensions.add_argument("--workload_files", metavar="PATH",
                             help="With --ssh_key: a file or a whole directory copied to the guest user's home as "
                                  "`workload` (seed 000's --workload_path) before the workload runs.")
+    extensions.add_argument("--strict_exit_status", action="store_true",
+                            help=f"Exit with {EXIT_WORKLOAD_FAILED} when the workload exits non-zero or is killed by "
+                                 "a signal. Without it, as the original, memory_tracer.py exits 0 whenever its "
+                                 "report is complete, and says how the workload ended in one line on stderr.")
     extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
                             help="Drop (and count) records when the reader is slower than the guest, "
                                  "instead of making the guest wait (the default is lossless).")
@@ -374,7 +385,7 @@ def main(argv=None):
             traceback.print_exc()
         print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_WORKLOAD_FAILED if result.workload_problem else 0
+    return EXIT_WORKLOAD_FAILED if result.workload_problem and args.strict_exit_status else 0
 
 
 def print_report(result, args):

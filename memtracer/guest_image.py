@@ -21,8 +21,11 @@ VIRTIO_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_
                   # the network, for the SSH server (the cloud kernel has no e1000: a virtio-net NIC)
                   "failover", "net_failover", "virtio_net"]
 FAT_SIZE_KIB = 64 * 1024
-# Real programs from Debian packages, copied into the guest with their libraries (the benchmark).
-GUEST_DEBIAN_PROGRAMS = ["gzip", "xz", "sort"]
+# Real programs from Debian packages, copied into the guest with their libraries: the benchmark's,
+# and bash, since workloads are often bash scripts (the original's guests had it).
+GUEST_DEBIAN_PROGRAMS = ["gzip", "xz", "sort", "bash"]
+# Where scripts look for them, besides their path here (busybox's /bin has no bash).
+GUEST_PROGRAM_LINKS = {"/bin/bash": "bash"}
 # The SSH server (dropbear, with OpenSSH's sftp-server) that memory_tracer --ssh_key reaches.
 GUEST_SSH_PROGRAMS = ["dropbear", "dropbearkey", "/usr/lib/openssh/sftp-server"]
 DROPBEAR_SFTP_SERVER = "/usr/lib/sftp-server"   # where Debian's dropbear runs it from
@@ -174,6 +177,7 @@ def build_disk_image(qemu_img, runner, destination, progress, guest_programs=())
         busybox = unpack_busybox(work)
         progress(f"making the initramfs and the boot disk ({kernel_package})")
         extra = debian_programs_with_libraries(GUEST_DEBIAN_PROGRAMS + GUEST_SSH_PROGRAMS)
+        extra.update({guest: os.path.realpath(shutil.which(name)) for guest, name in GUEST_PROGRAM_LINKS.items()})
         extra.update({f"/usr/local/bin/{Path(p).name}": p for p in guest_programs})
         extra["/usr/local/bin/bench_in_guest.sh"] = IMAGE_FILES / "bench_in_guest.sh"
         extra[DROPBEAR_SFTP_SERVER] = "/usr/lib/openssh/sftp-server"

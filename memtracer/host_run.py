@@ -7,7 +7,6 @@ traced or not) or natively (--dont_use_qemu). Both follow the same two flows:
 """
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from .consumer import make_consumer
 from .errors import ControlChannelError, QemuError
 from .plugin_control import ControlChannel, parse_counters
 from .trace_settings import TraceSettings
-from .workload import ProtocolSession, describe_exit_status
+from .workload import ProtocolSession, exit_problem, script_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +88,9 @@ class HostRun:
         """The command line that runs the workload: natively, or under qemu-x86_64 (+ GMBEOO)."""
         argv = list(self.request.workload_argv)
         if self.request.native:
-            # As the original: run a copy, in a private directory.
-            copy = self._path(os.path.basename(argv[0]))
-            shutil.copy2(argv[0], copy)
-            return [copy] + argv[1:]
+            return argv
         command = [str(self.qemu_dir.qemu_user)]
+        argv = script_interpreter(argv[0]) + argv
         if self.request.traced:
             plugin_args = [
                 str(self.qemu_dir.plugin),
@@ -107,6 +104,11 @@ class HostRun:
         elif self.request.other_plugin:
             command += ["-plugin", self.request.other_plugin]
         return command + argv
+
+    def _workload_dir(self):
+        """As the original: the workload runs in its own directory, so the files beside it (a run
+        script's inputs) are found by relative paths."""
+        return os.path.dirname(self.request.workload_argv[0])
 
     def _connect_control(self, qemu_alive):
         self.control = ControlChannel(self._path("control.sock"))
@@ -124,8 +126,7 @@ class HostRun:
         with open(output_path, "wb") as output:
             start = time.monotonic()
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
-                                       stderr=subprocess.STDOUT, cwd=self.private_dir
-                                       if self.request.native else None)
+                                       stderr=subprocess.STDOUT, cwd=self._workload_dir())
             cleanup.callback(_kill, process)
             timed_out = self._wait_for_exit(process)
             self.result.duration_ms = int((time.monotonic() - start) * 1000)
@@ -138,8 +139,9 @@ class HostRun:
             self.result.analysis_output = self.consumer.finish()
         if timed_out:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
-        elif process.returncode != 0:
-            self.result.workload_problem = _exit_problem(process.returncode)
+        else:
+            self.result.workload_problem = exit_problem(max(process.returncode, 0), max(-process.returncode, 0),
+                                                        workload_output)
 
     def _wait_for_exit(self, process):
         """Wait for the workload; at --timeout, end the trace window and the workload. Returns timed_out."""
@@ -175,8 +177,7 @@ class HostRun:
         command = self._command(enabled_from_start=False)
         log.debug("workload command: %s", " ".join(command))
         child = pexpect.spawn(command[0], command[1:], echo=False, encoding="utf-8",
-                              codec_errors="replace", timeout=None,
-                              cwd=self.private_dir if self.request.native else None)
+                              codec_errors="replace", timeout=None, cwd=self._workload_dir())
         child.logfile_read = sys.stderr if self.request.verbose else None
         cleanup.callback(child.close, force=True)
         if self.request.traced:
@@ -187,14 +188,13 @@ class HostRun:
         if self.consumer is not None:
             self.consumer.start(info_words=self.result.workload_info.split())
             self.control.enable(self.consumer.check)
-        start = time.monotonic()
-        session.release()
+        start = session.release()
         session.wait_for_stop()
         self.result.duration_ms = int((time.monotonic() - start) * 1000)
         if self.request.traced:
             self.result.counters = self._end_trace_window(command, child)
             self.result.analysis_output = self.consumer.finish()
-        session.finish(FINISH_GRACE_SECONDS)
+        self.result.workload_problem = session.finish(FINISH_GRACE_SECONDS)
 
     def _end_trace_window(self, command, child):
         """Stop recording and deliver every record; returns the counters."""
@@ -220,10 +220,3 @@ def _kill(process):
     if process.poll() is None:
         process.kill()
         process.wait()
-
-
-def _exit_problem(returncode):
-    if returncode < 0:
-        return f"the workload was {describe_exit_status(None, -returncode)}."
-    return f"the workload exited with code {returncode}."
-

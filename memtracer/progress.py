@@ -30,6 +30,10 @@ class Progress:
         else:
             self._status.update(message)
 
+    def note(self, message):
+        """A line the user must see, whatever stderr is (above the live line on a terminal)."""
+        self.console.print(f"memory_tracer.py: {message}", markup=False, highlight=False, soft_wrap=True)
+
     def update(self, message):
         """New text for the current phase, shown only on a terminal."""
         if self._status is not None:

@@ -101,12 +101,26 @@ class MachinePaths:
     serial = property(lambda self: self.host_path(SERIAL_SOCKET))
     virtio_port = property(lambda self: self.host_path(VIRTIO_PORT_SOCKET))
     control = property(lambda self: self.host_path(CONTROL_SOCKET))
+    vnc = property(lambda self: os.path.join(self.directory, VNC_SOCKET))
     log = property(lambda self: os.path.join(self.directory, "qemu.log"))
 
 
 # Relative to QEMU's working directory, the private directory.
 QMP_SOCKET, MONITOR_SOCKET, SERIAL_SOCKET = "qmp.sock", "monitor.sock", "serial.sock"
 VIRTIO_PORT_SOCKET, CONTROL_SOCKET = "virtio-port.sock", "control.sock"
+VNC_SOCKET = "vnc.sock"
+
+
+def has_display():
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def display_arguments(graphic):
+    """-nographic's counterpart (--dont_use_nographic): QEMU's screen in a window where there is a
+    display, else (a headless server) on VNC through a unix socket in the private directory."""
+    if not graphic:
+        return ["-display", "none"]
+    return [] if has_display() else ["-display", f"vnc=unix:{VNC_SOCKET}"]
 
 
 def _socket_chardev(name, path):
@@ -130,8 +144,7 @@ def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, gra
     if profile.nic_model:
         # Port forwards are added at run time (hostfwd_add): they are not part of the saved state.
         command += ["-nic", f"user,model={profile.nic_model}"]
-    if not graphic:
-        command += ["-display", "none"]
+    command += display_arguments(graphic)
     if plugin is not None:
         command += ["-plugin", plugin]
     if loadvm is not None:
@@ -158,8 +171,8 @@ LOAD_ERRORS = [
      "the snapshot {snapshot!r} was saved with a machine type this QEMU does not have{saved_with}; "
      "remake it with this QEMU (for the built-in image: `python3 build.py --remake_guest_image`)"),
     (r"gtk initialization failed|Could not initialize SDL|Failed to open display|cannot open display",
-     "--dont_use_nographic needs a display for QEMU's window, but QEMU found none (is DISPLAY set?); "
-     "run without --dont_use_nographic"),
+     "--dont_use_nographic: QEMU could not open a window on this DISPLAY; unset DISPLAY to have its "
+     "screen on VNC instead, or run without --dont_use_nographic"),
     (r"Image is not in qcow2 format|Could not open|not in qcow2 format|Invalid argument",
      "guest_image_path {image} cannot be opened as a qcow2 image"),
 ]

@@ -25,8 +25,8 @@ from .monitor import monitor_session
 from .report import format_report
 from .plugin_control import ControlChannel
 from .progress import Progress
-from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, qemu_command
-from .workload import ProtocolSession, describe_exit_status
+from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, has_display, qemu_command
+from .workload import ProtocolSession
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ class SystemRun:
                                 else "waiting for the reader of trace_fifo_path")
             self.consumer.start(info_words=self.result.workload_info.split())
         self.open_window(self.consumer)
-        start = time.monotonic()
-        session.release()
+        start = session.release()
         self.progress.phase("the workload runs" + (" (traced)" if self.request.traced else ""))
         stopped = self._wait_for_stop(session)
         self.result.duration_ms = int((time.monotonic() - start) * 1000)
@@ -182,6 +181,9 @@ class SystemRun:
         self._cleanup.callback(self.machine.shut_down)
         self.progress.phase(f"loading the snapshot {self.target.snapshot!r}")
         self.machine.start()
+        if self.target.graphic and not has_display():
+            self.progress.note(f"no DISPLAY here: QEMU's screen is on VNC at {self.paths.vnc} while the run "
+                               f"lasts (e.g. `vncviewer {self.paths.vnc}`)")
         if self.request.traced:
             self.control = ControlChannel(self.paths.control)
             self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
@@ -291,14 +293,9 @@ class SystemRun:
         result.trace_files = consumer.trace_files()
 
     def _finish_workload(self, session, stopped):
-        session.finish(FINISH_GRACE_SECONDS)
-        if not stopped:
-            return
-        if self.process.signalstatus:
-            status = describe_exit_status(None, self.process.signalstatus)
-            self.result.workload_problem = f"the workload was {status}."
-        elif self.process.exitstatus:
-            self.result.workload_problem = f"the workload exited with code {self.process.exitstatus}."
+        problem = session.finish(FINISH_GRACE_SECONDS)
+        if stopped:
+            self.result.workload_problem = problem
 
 
 class HostTracing:

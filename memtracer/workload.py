@@ -5,6 +5,7 @@ two info markers, then `Ready to trace. Press enter to continue`, waits for Ente
 `Stop tracing`. ProtocolSession follows that over any pexpect child (a pty here; the guest's
 channel in system mode)."""
 import signal
+import time
 
 import pexpect
 
@@ -22,14 +23,46 @@ def describe_exit_status(exit_code, signal_number):
     return f"exit code {exit_code}"
 
 
+def script_interpreter(path):
+    """The `#!` line of a script as argv words (interpreter and its one optional argument), [] for
+    anything else: qemu-x86_64 runs ELF files only, so a script runs as its interpreter would."""
+    with open(path, "rb") as f:
+        first = f.readline(256)
+    if not first.startswith(b"#!"):
+        return []
+    return first[2:].decode(errors="replace").strip().split(None, 1)
+
+
 def clean_text(text):
     return text.replace("\r\n", "\n").strip()
+
+
+def last_line(text):
+    """The last line a program printed, the likeliest to say why it failed ('' when none)."""
+    lines = clean_text(text or "").splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def exit_problem(exit_code, signal_number, output=""):
+    """One line for a workload that ended badly (None when it exited 0), with its last words
+    (e.g. the dynamic loader's `error while loading shared libraries: ...`)."""
+    if signal_number:
+        problem = f"the workload was {describe_exit_status(None, signal_number)}"
+    elif exit_code:
+        problem = f"the workload exited with code {exit_code}"
+    else:
+        return None
+    said = last_line(output)
+    return f"{problem}" + (f"; its last output: {said!r}." if said else ".")
 
 
 class ProtocolSession:
     def __init__(self, child, name="the workload"):
         self.child = child
         self.name = name
+        # pexpect sleeps 50 ms before each send by default: that would sit inside the timed window.
+        child.delaybeforesend = None
+        self.window_output = ""   # what the workload printed between Enter and `Stop tracing`
 
     def read_info(self):
         """Wait for the info and the ready line; returns the info, trimmed."""
@@ -40,26 +73,40 @@ class ProtocolSession:
         return info
 
     def release(self):
+        """Send the Enter that starts the workload's window; returns when it was sent (the start
+        of tracing_duration_in_milliseconds)."""
         self.child.send("\n")
+        return time.monotonic()
 
     def wait_for_stop(self, timeout=None):
         """Wait for `Stop tracing`; returns False when the timeout passed first."""
-        return self._expect(STOP, timeout) is not None
+        if self._expect(STOP, timeout) is None:
+            return False
+        self.window_output = self.child.before
+        return True
 
     def _expect(self, marker, timeout=None):
         index = self.child.expect_exact([marker, pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
         if index == 1:
             self.child.wait()
             status = describe_exit_status(self.child.exitstatus, self.child.signalstatus)
-            raise WorkloadError(f"{self.name} ended ({status}) before printing {marker!r}.")
+            said = last_line(self.child.before)
+            raise WorkloadError(f"{self.name} ended ({status}) before printing {marker!r}"
+                                + (f"; its last output: {said!r}." if said else "."))
         if index == 2:
             return None
         return index
 
     def finish(self, grace_seconds):
-        """Let the workload exit by itself after `Stop tracing`, then end it."""
+        """Let the workload exit by itself after `Stop tracing`, then end it. Returns the problem
+        line of a workload that ended badly by itself (None when it exited 0 or was ended here)."""
         try:
             self.child.expect(pexpect.EOF, timeout=grace_seconds)
+            exited = True
         except pexpect.TIMEOUT:
-            pass
+            exited = False
         self.child.close(force=True)
+        if not exited:
+            return None
+        return exit_problem(self.child.exitstatus, self.child.signalstatus,
+                            self.window_output + (self.child.before or ""))

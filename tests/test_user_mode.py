@@ -134,7 +134,7 @@ def test_timeout_stops_the_workload_and_keeps_its_records(tracer):
 
 def test_crashing_workload_is_reported_after_its_trace(tracer):
     run = tracer(*user_mode("--workload_path_on_host", PROGRAMS / "crash_after_work",
-                            "--analysis_tool_path", COUNT))
+                            "--analysis_tool_path", COUNT, "--strict_exit_status"))
     assert run.returncode == 3
     assert "killed by SIGSEGV" in run.stderr
     assert analysis_counts(run.stdout)["stores"] >= 4096

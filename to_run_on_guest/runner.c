@@ -14,8 +14,10 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -230,8 +232,16 @@ static void exec_in_child(const char *slave_name, char **argv, int error_pipe)
     if (slave > 2) {
         close(slave);
     }
-    if (chdir(work_dir) != 0) {
-        /* the workload runs where it can; its path is absolute anyway */
+    /* As the original: the workload runs in its own directory, where a run script finds the
+     * files beside it; where that fails, in the work directory (its path is absolute anyway). */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", argv[0]);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        slash[slash == dir ? 1 : 0] = '\0';
+    }
+    if ((!slash || chdir(dir) != 0) && chdir(work_dir) != 0) {
+        /* it runs where it is */
     }
     execv(argv[0], argv);
     int err = errno;
@@ -297,10 +307,58 @@ static void send_exit(int code, int signal_number)
     session = NULL;
 }
 
+/* The program that path needs to start and that is missing in the guest: the interpreter of its
+ * #! line, or the dynamic loader an ELF names (PT_INTERP). Empty when none is missing. */
+static void find_missing_interpreter(const char *path, char *out, size_t size)
+{
+    char head[256], interpreter[256] = "";
+    const char *what = "";
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, head, sizeof head - 1) : -1;
+    out[0] = '\0';
+    if (n > 2 && head[0] == '#' && head[1] == '!') {
+        head[n] = '\0';
+        char *start = head + 2 + strspn(head + 2, " \t");
+        start[strcspn(start, " \t\r\n")] = '\0';
+        snprintf(interpreter, sizeof interpreter, "%s", start);
+        what = "its #! line";
+    } else if (n >= (ssize_t)sizeof(Elf64_Ehdr) && memcmp(head, ELFMAG, SELFMAG) == 0) {
+        Elf64_Ehdr elf;
+        memcpy(&elf, head, sizeof elf);
+        for (int i = 0; i < elf.e_phnum; i++) {
+            Elf64_Phdr ph;
+            if (pread(fd, &ph, sizeof ph, (off_t)(elf.e_phoff + (uint64_t)i * elf.e_phentsize)) != (ssize_t)sizeof ph) {
+                break;
+            }
+            if (ph.p_type == PT_INTERP) {
+                size_t len = ph.p_filesz < sizeof interpreter ? ph.p_filesz : sizeof interpreter - 1;
+                if (pread(fd, interpreter, len, (off_t)ph.p_offset) == (ssize_t)len) {
+                    interpreter[len] = '\0';
+                    what = "its ELF interpreter";
+                }
+                break;
+            }
+        }
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (interpreter[0] && access(interpreter, X_OK) != 0) {
+        snprintf(out, size, "%s (%s)", interpreter, what);
+    }
+}
+
 static void end_session_with_error(int err, const char *what)
 {
-    char text[512];
-    snprintf(text, sizeof text, "runner: cannot run %s: %s\n", what, strerror(err));
+    char text[1024], missing[300] = "";
+    if (err == ENOENT) {   /* execv says ENOENT when what the file needs to start is missing */
+        find_missing_interpreter(what, missing, sizeof missing);
+    }
+    if (missing[0]) {
+        snprintf(text, sizeof text, "runner: cannot run %s: %s is not in the guest\n", what, missing);
+    } else {
+        snprintf(text, sizeof text, "runner: cannot run %s: %s\n", what, strerror(err));
+    }
     send_output(text);
     send_exit(127, 0);
 }
