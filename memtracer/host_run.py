@@ -139,9 +139,9 @@ class HostRun:
             self.result.analysis_output = self.consumer.finish()
         if timed_out:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
-        else:
-            self.result.workload_problem = exit_problem(max(process.returncode, 0), max(-process.returncode, 0),
-                                                        workload_output)
+        else:   # Popen's returncode: the exit code, or minus the signal's number
+            code = process.returncode
+            self.result.workload_problem = exit_problem(max(code, 0), max(-code, 0), workload_output)
 
     def _wait_for_exit(self, process):
         """Wait for the workload; at --timeout, end the trace window and the workload. Returns timed_out."""

@@ -37,23 +37,20 @@ def clean_text(text):
     return text.replace("\r\n", "\n").strip()
 
 
-def last_line(text):
-    """The last line a program printed, the likeliest to say why it failed ('' when none)."""
-    lines = clean_text(text or "").splitlines()
-    return lines[-1].strip() if lines else ""
+def with_last_output(sentence, output):
+    """sentence, then the last line the workload printed (the likeliest to say why it failed,
+    e.g. the dynamic loader's `error while loading shared libraries: ...`), as one line."""
+    lines = clean_text(output or "").splitlines()
+    return sentence + (f"; its last output: {lines[-1].strip()!r}." if lines else ".")
 
 
 def exit_problem(exit_code, signal_number, output=""):
-    """One line for a workload that ended badly (None when it exited 0), with its last words
-    (e.g. the dynamic loader's `error while loading shared libraries: ...`)."""
+    """One line for a workload that ended badly, with its last output; None when it exited 0."""
     if signal_number:
-        problem = f"the workload was {describe_exit_status(None, signal_number)}"
-    elif exit_code:
-        problem = f"the workload exited with code {exit_code}"
-    else:
-        return None
-    said = last_line(output)
-    return f"{problem}" + (f"; its last output: {said!r}." if said else ".")
+        return with_last_output(f"the workload was {describe_exit_status(None, signal_number)}", output)
+    if exit_code:
+        return with_last_output(f"the workload exited with code {exit_code}", output)
+    return None
 
 
 class ProtocolSession:
@@ -90,9 +87,8 @@ class ProtocolSession:
         if index == 1:
             self.child.wait()
             status = describe_exit_status(self.child.exitstatus, self.child.signalstatus)
-            said = last_line(self.child.before)
-            raise WorkloadError(f"{self.name} ended ({status}) before printing {marker!r}"
-                                + (f"; its last output: {said!r}." if said else "."))
+            raise WorkloadError(with_last_output(f"{self.name} ended ({status}) before printing {marker!r}",
+                                                 self.child.before))
         if index == 2:
             return None
         return index
