@@ -140,13 +140,13 @@ static int gmbe_parse_words(const gmbe_tool *tool, int argc, char **argv)
     return 0;
 }
 
-/* Option helpers for tools: a size like 32k, 1m, 64 (bytes). */
+/* Option helpers for tools: a size like 32k, 1m, 64 (bytes). strtoull would take "-1" as 2^64-1. */
 static __attribute__((unused)) int gmbe_parse_size(const char *text, uint64_t *out)
 {
     char *end;
     errno = 0;
     uint64_t v = strtoull(text, &end, 0);
-    if (errno || end == text) {
+    if (errno || end == text || strchr(text, '-')) {
         return -1;
     }
     switch (*end) {
@@ -313,6 +313,29 @@ static ssize_t gmbe_input_read(gmbe_input *in, char *buf, size_t cap)
     return (ssize_t)out.pos;
 }
 
+/* Raw records must look like records: a whole number of them, the first an access (byte 7 is
+ * 0x80) or a marker (size shift 7), so that a text file is not counted as one. Compact records
+ * keep no such byte; for them the size alone is checked. */
+static void gmbe_check_raw_records(int fd, const char *path)
+{
+    struct stat st;
+    uint8_t first[GMBE_RECORD_SIZE];
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+        return;
+    }
+    if (st.st_size % (off_t)gmbe_record_size != 0) {
+        fprintf(stderr, "%s is neither a trace file nor raw records: its %lld bytes are not a whole number of "
+                "%zu-byte records\n", path, (long long)st.st_size, gmbe_record_size);
+        exit(1);
+    }
+    if (gmbe_record_size != GMBE_COMPACT_RECORD_SIZE && pread(fd, first, sizeof first, 0) == (ssize_t)sizeof first &&
+        first[7] != 0x80 && (first[0] & 7) != 7) {
+        fprintf(stderr, "%s is neither a trace file nor raw records: its first 16 bytes are not a record "
+                "(byte 7 is 0x%02x, not 0x80)\n", path, first[7]);
+        exit(1);
+    }
+}
+
 /* A trace file starts with its header; raw records are taken as they are. */
 static void gmbe_open_file(gmbe_input *in, const char *path)
 {
@@ -321,6 +344,7 @@ static void gmbe_open_file(gmbe_input *in, const char *path)
     gmbe_source.trace_only_cpl3 = gmbe_source.log_of_block_len = GMBE_SETTING_UNKNOWN;
     gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
     if (pread(in->fd, &h, sizeof h, 0) != (ssize_t)sizeof h || memcmp(h.magic, GMBE_TRACE_MAGIC, 8) != 0) {
+        gmbe_check_raw_records(in->fd, path);
         return;
     }
     if (h.format_version != GMBE_TRACE_FORMAT_VERSION ||

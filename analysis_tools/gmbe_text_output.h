@@ -22,9 +22,7 @@ static uint64_t gmbe_lines_written;
 static int gmbe_open_text_output(const char *tool_name)
 {
     if (gmbe_limit_option) {
-        char *end;
-        gmbe_lines_left = strtoull(gmbe_limit_option, &end, 0);
-        if (*end || end == gmbe_limit_option) {
+        if (gmbe_parse_size(gmbe_limit_option, &gmbe_lines_left) != 0) {
             fprintf(stderr, "%s: limit must be a number of lines, but %s isn't\n", tool_name, gmbe_limit_option);
             return 2;
         }

@@ -30,9 +30,12 @@ static int pages_init(void)
         return 2;
     }
     page_shift = page_size == 4096 ? 12 : 21;
-    if (gmbe_parse_size(top_option, &top_n) != 0 || gmbe_parse_size(window_option, &window_records) != 0 ||
-        window_records == 0) {
-        fprintf(stderr, "pages: top and window must be positive numbers\n");
+    if (gmbe_parse_size(top_option, &top_n) != 0) {
+        fprintf(stderr, "pages: top must be a whole number, but %s isn't\n", top_option);
+        return 2;
+    }
+    if (gmbe_parse_size(window_option, &window_records) != 0 || window_records == 0) {
+        fprintf(stderr, "pages: window must be a positive number of records, but %s isn't\n", window_option);
         return 2;
     }
     gmbe_hash_init(&pages, sizeof(page_stats));

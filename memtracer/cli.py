@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
 from .host_run import HostRun, RunRequest
-from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
+from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .report import format_report
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
@@ -133,8 +133,9 @@ def build_parser():
                         help="Give QEMU a screen instead of -nographic (system mode): a window where DISPLAY "
                              "is set, else VNC on a unix socket in the run's private directory (its path is "
                              "printed). With --dont_exit_qemu_when_done, the monitor is on stdio.")
-    parser.add_argument("--guest_RAM_in_MBs", type=int, default=2560,
-                        help="The guest's RAM size; must equal the RAM size the snapshot was saved with.")
+    parser.add_argument("--guest_RAM_in_MBs", type=int,
+                        help=f"The guest's RAM size (default {DEFAULT_GUEST_RAM_MB}); must equal the RAM size the "
+                             "snapshot was saved with.")
     parser.add_argument("--verbose", "-v", action="store_true", help="If specified, debug messages are printed.")
 
     extensions = parser.add_argument_group("extensions")
@@ -247,6 +248,9 @@ def validate(parser, args):
     if args.smp != 1:
         raise BadInputError("--smp applies to full-system runs only (in --user_mode every guest thread "
                             "is a vCPU of its own).")
+    if args.user_mode and args.guest_RAM_in_MBs is not None:
+        raise BadInputError("--guest_RAM_in_MBs applies to full-system runs only (in --user_mode the workload "
+                            "has this host's memory).")
     for flag in ("dont_exit_qemu_when_done", "dont_use_nographic", "run_on_private_copy"):
         if getattr(args, flag):
             raise BadInputError(f"--{flag} applies to full-system runs only, not to --user_mode "
@@ -303,6 +307,8 @@ def _require_program(path):
 def _system_run_plan(args, settings, workload_args):
     if args.workload_path_on_host is not None:
         _require_program(args.workload_path_on_host)
+    if args.guest_RAM_in_MBs is None:
+        args.guest_RAM_in_MBs = DEFAULT_GUEST_RAM_MB
     if args.guest_RAM_in_MBs <= 0:
         raise BadInputError(f"guest_RAM_in_MBs must be a positive number of MiB, but {args.guest_RAM_in_MBs} isn't.")
     if args.workload_files is not None:

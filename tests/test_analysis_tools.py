@@ -214,6 +214,31 @@ def test_bad_tool_options_are_one_line(tmp_path):
     assert result.stderr.strip() == "export: format must be din, lackey or dramsim3, but csv isn't"
 
 
+@pytest.mark.parametrize("tool,args,message", [
+    ("pages", ["--top", "-1"], "pages: top must be a whole number, but -1 isn't"),
+    ("pages", ["--window", "0"], "pages: window must be a positive number of records, but 0 isn't"),
+    ("dump", ["--limit", "-5"], "dump: limit must be a number of lines, but -5 isn't"),
+])
+def test_negative_counts_are_refused(tmp_path, tool, args, message):
+    trace = write_trace(tmp_path / "t.raw", make_records([0]))
+    result = subprocess.run([TOOLS / tool, trace, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message and result.stdout == ""
+
+
+def test_a_file_of_text_is_not_taken_for_records(tmp_path):
+    whole = tmp_path / "text_1024"
+    whole.write_text(("root:x:0:0:root:/root:/bin/bash" * 40)[:1024])   # a whole number of records in size
+    ragged = tmp_path / "text_1221"
+    ragged.write_text("x" * 1221)
+    for path, reason in ((whole, "its first 16 bytes are not a record (byte 7 is 0x30, not 0x80)"),
+                         (ragged, "its 1221 bytes are not a whole number of 16-byte records")):
+        result = subprocess.run([TOOLS / "count", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"{path} is neither a trace file nor raw records: {reason}"
+        assert "num_of_records" not in result.stdout
+
+
 # ----------------------------------------------------------------- the Python API
 
 def test_python_count_agrees_with_c_count_on_a_trace_file(tmp_path):

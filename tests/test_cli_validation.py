@@ -41,6 +41,8 @@ CASES = [
      "ssh_key must be a file path, but no/such/key isn't."),
     (["--user_mode", "--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--smp", "2"],
      "--smp applies to full-system runs only (in --user_mode every guest thread is a vCPU of its own)."),
+    (["--user_mode", "--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--guest_RAM_in_MBs", "1024"],
+     "--guest_RAM_in_MBs applies to full-system runs only (in --user_mode the workload has this host's memory)."),
 ]
 
 
