@@ -111,7 +111,7 @@ def test_workload_that_exits_without_stop_tracing(tracer):
     run = tracer(*system("--workload_path_on_guest", "/bin/busybox", "--workload_args", "echo hello", PROTOCOL,
                          "--analysis_tool_path", TOOLS / "count"))
     assert one_line_error(run) == ("the workload ended (exit code 0) before printing "
-                                   "'-----begin workload info-----'.")
+                                   "'-----begin workload info-----'; its last output: 'hello'.")
 
 
 def test_analysis_tool_that_crashes_mid_stream(tracer):
