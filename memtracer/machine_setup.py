@@ -29,7 +29,8 @@ CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 PLUGINS = [("libgmbeoo.so", "qemu_patches/gmbeoo.c")]
 ANALYSIS_TOOLS = [(name, f"analysis_tools/{name}.c")
                   for name in ("count", "record", "dump", "export", "pages", "cachesim", "reuse", "sharing")]
-PLUGIN_HEADERS = ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h", "qemu_patches/gmbe_trace_file.h"]
+PLUGIN_HEADERS = ["qemu_patches/gmbe_record.h", "qemu_patches/gmbe_ring.h", "qemu_patches/gmbe_trace_file.h",
+                  "to_run_on_guest/memory_tracer_markers.h"]
 ANALYSIS_TOOL_HEADERS = PLUGIN_HEADERS + [
     os.path.relpath(p, REPO_DIR) for p in sorted(glob.glob(str(REPO_DIR / "analysis_tools" / "*.h")))]
 GUEST_PROGRAMS = [(Path(p).stem, os.path.relpath(p, REPO_DIR))
@@ -133,7 +134,7 @@ def glib_cflags():
 
 def build_plugins(tree):
     flags = ["-shared", "-fPIC", "-Wno-unused-parameter", f"-I{tree / 'include' / 'qemu'}",
-             f"-I{REPO_DIR / 'qemu_patches'}", *glib_cflags(), "-lpthread"]
+             f"-I{REPO_DIR / 'qemu_patches'}", f"-I{REPO_DIR / 'to_run_on_guest'}", *glib_cflags(), "-lpthread"]
     for name, source in PLUGINS:
         built = compile_c(DEFAULT_QEMU_DIR / name, source, flags, PLUGIN_HEADERS)
         step(f"plugin {name}: {'compiled' if built else 'up to date'}")

@@ -14,25 +14,13 @@
  * decoded once per distinct meminfo value into a table.
  *
  * Guest code marks regions and progress points with one magic instruction,
- * `xchg %bx,%bx` (a no-op everywhere else) with rax = GMBE_MAGIC, rcx = the
+ * `xchg %bx,%bx` (a no-op everywhere else) with rax = MEMORY_TRACER_MAGIC, rcx = the
  * command, rdx = its number (to_run_on_guest/memory_tracer_markers.h). It is
  * recognised when its block is translated; only that instruction gets a
  * callback, so other code pays nothing.
  *
- * Arguments (key=value; unknown keys are an error):
- *   trace_fifo_path=PATH            where records go: a FIFO or a file (this or the next)
- *   trace_shm_path=PATH             where records go: a shared-memory ring (gmbe_ring.h)
- *   control_socket_path=PATH        serve the control protocol (README.md) here
- *   counters_path=PATH              write the final counters here at exit
- *   enabled=on|off                  trace from the start (default on)
- *   trace_only_CPL3_code_GMBE=on|off
- *   log_of_GMBE_block_len=N         sampling, as memory_tracer.py (default 0)
- *   log_of_GMBE_tracing_ratio=N     (default 0)
- *   drop_when_trace_fifo_full=on|off
- *   trace_dir=DIR                   instead: one trace file per vCPU, DIR/vcpuN.gmbe
- *   record_format=standard|extended|compact
- *   trace_only_marked_regions=on|off  trace only between region_begin and region_end
- *   max_instructions=N              stop tracing after N instructions (0: no limit)
+ * Arguments: key=value, one for each entry of plugin_options[] below (unknown
+ * keys are an error); `set` on the control channel takes those marked live.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,6 +30,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +47,7 @@
 #include "gmbe_record.h"
 #include "gmbe_ring.h"
 #include "gmbe_trace_file.h"
+#include "memory_tracer_markers.h"   /* the magic and its commands, as guest code issues them */
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
@@ -66,10 +56,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define DROP_RETRY_INTERVAL 1024u   /* drop mode: retry the FIFO every N drops */
 #define MEMINFO_TABLE_SIZE (1u << 18)
 #define MEMINFO_DECODED 0x80u
-#define GMBE_MAGIC UINT64_C(0x45434152544d454d)   /* "MEMTRACE", little-endian */
 #define NO_BUDGET_CHECK (UINT64_C(1) << 62)       /* an instruction budget never reached */
-
-enum magic_command { MAGIC_REGION_BEGIN = 1, MAGIC_REGION_END = 2, MAGIC_MARKER = 3 };
 
 typedef struct {
     /* Read on every traced access; written when tracing starts or stops. */
@@ -598,27 +585,27 @@ static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
     __atomic_store_n(&r->head, head + 1, __ATOMIC_RELEASE);
 }
 
-/* Runs before each magic instruction: acts on it when rax holds GMBE_MAGIC. */
+/* Runs before each magic instruction: acts on it when rax holds MEMORY_TRACER_MAGIC. */
 static void vcpu_magic(unsigned int vcpu_index, void *udata)
 {
     uint64_t magic = 0, command = 0, number = 0;
-    if (!read_guest_register(rax_register, &magic) || magic != GMBE_MAGIC) {
+    if (!read_guest_register(rax_register, &magic) || magic != MEMORY_TRACER_MAGIC) {
         return;   /* an xchg %bx,%bx of somebody else's */
     }
     VcpuRing *r = rings[vcpu_index];
     read_guest_register(rcx_register, &command);
     switch (command) {
-    case MAGIC_REGION_BEGIN:
+    case MEMORY_TRACER_REGION_BEGIN:
         __atomic_store_n(&region_active, true, __ATOMIC_RELEASE);
         update_tracing();
         append_marker(r, GMBE_MARKER_REGION_BEGIN, 0);
         break;
-    case MAGIC_REGION_END:
+    case MEMORY_TRACER_REGION_END:
         append_marker(r, GMBE_MARKER_REGION_END, 0);
         __atomic_store_n(&region_active, false, __ATOMIC_RELEASE);
         update_tracing();
         break;
-    case MAGIC_MARKER:
+    case MEMORY_TRACER_MARKER:
         read_guest_register(rdx_register, &number);
         append_marker(r, GMBE_MARKER_PROGRESS, number);
         break;
@@ -893,7 +880,51 @@ static bool parse_bool(const char *key, const char *value, bool *out, char **err
     return true;
 }
 
-/* Applies one key=value to cfg; the same keys serve the command line and "set". */
+static bool parse_path(const char *key, const char *value, char **out, char **error)
+{
+    (void)key;
+    (void)error;
+    *out = g_strdup(value);
+    return true;
+}
+
+/* Every option, once: its key (memory_tracer's names), how its value is parsed, where it goes,
+ * and whether `set` may change it while QEMU runs. */
+typedef enum { OPT_BOOL, OPT_LOG, OPT_COUNT, OPT_FORMAT, OPT_PATH } OptionKind;
+typedef struct {
+    const char *key;
+    OptionKind kind;
+    size_t offset;           /* of the field in Config */
+    bool live;               /* also accepted by `set` */
+    const char *help;
+} PluginOption;
+
+static const PluginOption plugin_options[] = {
+    { "trace_fifo_path", OPT_PATH, offsetof(Config, trace_fifo_path), false,
+      "where records go: a FIFO or a file" },
+    { "trace_shm_path", OPT_PATH, offsetof(Config, trace_shm_path), false,
+      "where records go instead: a shared-memory ring (gmbe_ring.h)" },
+    { "trace_dir", OPT_PATH, offsetof(Config, trace_dir), false,
+      "instead: one trace file per vCPU, DIR/vcpuN.gmbe" },
+    { "control_socket_path", OPT_PATH, offsetof(Config, control_socket_path), false,
+      "serve the control protocol (README.md) here" },
+    { "counters_path", OPT_PATH, offsetof(Config, counters_path), false,
+      "write the final counters here at exit" },
+    { "enabled", OPT_BOOL, offsetof(Config, enabled), false, "trace from the start (default on)" },
+    { "trace_only_CPL3_code_GMBE", OPT_BOOL, offsetof(Config, trace_only_cpl3), true,
+      "trace accesses of CPL 3 code only" },
+    { "log_of_GMBE_block_len", OPT_LOG, offsetof(Config, log_block_len), true, "sampling (default 0)" },
+    { "log_of_GMBE_tracing_ratio", OPT_LOG, offsetof(Config, log_tracing_ratio), true, "sampling (default 0)" },
+    { "drop_when_trace_fifo_full", OPT_BOOL, offsetof(Config, drop_when_full), false,
+      "drop (and count) instead of waiting for a slow reader" },
+    { "record_format", OPT_FORMAT, offsetof(Config, record_words), false, "standard, extended or compact" },
+    { "trace_only_marked_regions", OPT_BOOL, offsetof(Config, only_marked_regions), true,
+      "trace only between region_begin and region_end" },
+    { "max_instructions", OPT_COUNT, offsetof(Config, max_instructions), false,
+      "stop tracing after N instructions (0: no limit)" },
+};
+
+/* Applies one key=value to cfg: any option at install, the live ones for "set". */
 static bool apply_option(Config *cfg, const char *opt, bool at_install, char **error)
 {
     g_auto(GStrv) kv = g_strsplit(opt, "=", 2);
@@ -903,50 +934,18 @@ static bool apply_option(Config *cfg, const char *opt, bool at_install, char **e
         *error = g_strdup_printf("option %s must be key=value", opt);
         return false;
     }
-    if (g_strcmp0(key, "trace_only_CPL3_code_GMBE") == 0) {
-        return parse_bool(key, value, &cfg->trace_only_cpl3, error);
-    }
-    if (g_strcmp0(key, "log_of_GMBE_block_len") == 0) {
-        return parse_log(key, value, &cfg->log_block_len, error);
-    }
-    if (g_strcmp0(key, "log_of_GMBE_tracing_ratio") == 0) {
-        return parse_log(key, value, &cfg->log_tracing_ratio, error);
-    }
-    if (g_strcmp0(key, "trace_only_marked_regions") == 0) {
-        return parse_bool(key, value, &cfg->only_marked_regions, error);
-    }
-    if (at_install) {
-        if (g_strcmp0(key, "record_format") == 0) {
-            return parse_format(key, value, &cfg->record_words, error);
+    for (size_t i = 0; i < G_N_ELEMENTS(plugin_options); i++) {
+        const PluginOption *o = &plugin_options[i];
+        if (g_strcmp0(key, o->key) != 0 || !(at_install || o->live)) {
+            continue;
         }
-        if (g_strcmp0(key, "max_instructions") == 0) {
-            return parse_count(key, value, &cfg->max_instructions, error);
-        }
-        if (g_strcmp0(key, "trace_dir") == 0) {
-            cfg->trace_dir = g_strdup(value);
-            return true;
-        }
-        if (g_strcmp0(key, "trace_fifo_path") == 0) {
-            cfg->trace_fifo_path = g_strdup(value);
-            return true;
-        }
-        if (g_strcmp0(key, "trace_shm_path") == 0) {
-            cfg->trace_shm_path = g_strdup(value);
-            return true;
-        }
-        if (g_strcmp0(key, "control_socket_path") == 0) {
-            cfg->control_socket_path = g_strdup(value);
-            return true;
-        }
-        if (g_strcmp0(key, "counters_path") == 0) {
-            cfg->counters_path = g_strdup(value);
-            return true;
-        }
-        if (g_strcmp0(key, "enabled") == 0) {
-            return parse_bool(key, value, &cfg->enabled, error);
-        }
-        if (g_strcmp0(key, "drop_when_trace_fifo_full") == 0) {
-            return parse_bool(key, value, &cfg->drop_when_full, error);
+        void *field = (char *)cfg + o->offset;
+        switch (o->kind) {
+        case OPT_BOOL: return parse_bool(key, value, field, error);
+        case OPT_LOG: return parse_log(key, value, field, error);
+        case OPT_COUNT: return parse_count(key, value, field, error);
+        case OPT_FORMAT: return parse_format(key, value, field, error);
+        case OPT_PATH: return parse_path(key, value, field, error);
         }
     }
     *error = g_strdup_printf("unknown option %s", key);
