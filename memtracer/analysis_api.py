@@ -45,15 +45,12 @@ use_project_environment()   # a tool started by any python3 runs inside build/ve
 
 import numpy as np  # noqa: E402
 
-from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, as_records, is_marker,  # noqa: E402
-                     marker_kinds, narrow_extended)
+from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, RECORD_FORMATS, as_records,  # noqa: E402
+                     is_marker, marker_kinds, narrow_extended)
+from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY  # noqa: E402
 from .shm_ring import ShmRingReader, is_ring  # noqa: E402
 from .trace_file import TraceHeader, read_batches  # noqa: E402
-from .trace_settings import RECORD_FORMATS  # noqa: E402
 
-READY = "Ready to analyze"
-BEGIN = "-----begin analysis output-----"
-END = "-----end analysis output-----"
 READ_BYTES = 1 << 20
 CFFI_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "cffi")
 
@@ -150,7 +147,7 @@ class AnalysisTool:
         signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         requested = []
         signal.signal(signal.SIGUSR1, lambda signum, frame: requested.append(True))
-        print(READY, flush=True)
+        print(TOOL_READY, flush=True)
         if ring:
             with ShmRingReader(path) as reader:
                 reader.follow(self._deliver, lambda: bool(requested), wake_read)
@@ -159,9 +156,9 @@ class AnalysisTool:
         while not requested:
             select.select([wake_read], [], [])
         signal.set_wakeup_fd(-1)
-        print(BEGIN)
+        print(TOOL_OUTPUT_BEGIN)
         print(self.report().rstrip("\n"))
-        print(END, flush=True)
+        print(TOOL_OUTPUT_END, flush=True)
 
     def _follow_fifo(self, path, requested, wake_read):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

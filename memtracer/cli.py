@@ -1,4 +1,4 @@
-"""memory_tracer.py's command line: the original interface (interface.md), plus user mode."""
+"""memory_tracer.py's command line: the original memory_tracer.py's interface, kept as it was, plus the extensions."""
 import argparse
 import logging
 import os
@@ -14,7 +14,7 @@ from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
 from .report import format_report
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
-from .trace_settings import RECORD_FORMATS, TraceSettings
+from .trace_settings import TraceSettings, add_setting_arguments
 
 EXIT_ERROR = 1
 EXIT_WORKLOAD_FAILED = 3
@@ -97,22 +97,13 @@ def build_parser():
                           help="Run without tracing, to compare the speed of QEMU with and without tracing.")
     consumer.add_argument("--trace_files_per_vcpu", metavar="DIR",
                           help="(extension) Write the records into one trace file per vCPU, DIR/vcpuN.gmbe "
-                               "(qemutrace's layout), instead of a FIFO; every analysis tool reads them "
+                               "instead of a FIFO; every analysis tool reads them "
                                "afterwards: `TOOL DIR/vcpu0.gmbe`.")
     consumer.add_argument("--dont_use_qemu", action="store_true",
-                          help="Run the workload natively on the host (a copy of it, in a temporary "
-                               "directory). Pass dummy strings as the positional arguments.")
+                          help="Run the workload natively on the host, in its own directory. Pass dummy "
+                               "strings as the positional arguments.")
 
-    parser.add_argument("--trace_only_CPL3_code_GMBE", action="store_true",
-                        help="If specified, only memory accesses by CPL3 code are traced; code that "
-                             "runs at CPL < 3 is not instrumented at all.")
-    parser.add_argument("--log_of_GMBE_block_len", type=int, default=0,
-                        help="Log of the length of a GMBE_block, i.e. the number of GMBE events in a "
-                             "GMBE_block. (It is used when determining whether to trace a GMBE event.)")
-    parser.add_argument("--log_of_GMBE_tracing_ratio", type=int, default=0,
-                        help="Log of the ratio between the number of blocks of GMBE events we trace to "
-                             "the total number of blocks. E.g. if GMBE_tracing_ratio is 16, we trace 1 "
-                             "block, then skip 15 blocks, then trace 1, then skip 15, and so on...")
+    add_setting_arguments(parser, original=True)
 
     ending = parser.add_mutually_exclusive_group()
     ending.add_argument("--timeout", type=float, help=TIMEOUT_HELP)
@@ -158,18 +149,6 @@ def build_parser():
                             help="Run QEMU on a private copy of guest_image_path (removed afterwards), "
                                  "so that several runs can use one image at once and the image is never "
                                  "written to.")
-    extensions.add_argument("--record_format", choices=sorted(RECORD_FORMATS), default="standard",
-                            help="standard: the 16-byte records above (default); extended: 32 bytes, "
-                                 "adding the physical address (full-system) and the PC of the accessing "
-                                 "instruction; compact: 8 bytes, the flags in the top bits of a canonical "
-                                 "48-bit address (qemu_patches/gmbe_record.h). Tools are told in "
-                                 "GMBE_RECORD_FORMAT; those of analysis_tools/ read all three.")
-    extensions.add_argument("--trace_only_marked_regions", action="store_true",
-                            help="Trace only between the guest program's memory_tracer_region_begin() and "
-                                 "memory_tracer_region_end() (to_run_on_guest/memory_tracer_markers.h).")
-    extensions.add_argument("--max_instructions", type=int, default=0, metavar="N",
-                            help="Stop tracing once N guest instructions have executed in the trace window "
-                                 "(exact with one vCPU; shared by all vCPUs).")
     extensions.add_argument("--smp", type=int, default=1, metavar="N",
                             help="Full-system: N vCPUs. The snapshot must have been saved with N (for the "
                                  "built-in image, it is made on demand, or by build.py --smp N).")
@@ -181,14 +160,12 @@ def build_parser():
     extensions.add_argument("--ssh_user", default="root", help="The guest user of --ssh_key (default: root).")
     extensions.add_argument("--workload_files", metavar="PATH",
                             help="With --ssh_key: a file or a whole directory copied to the guest user's home as "
-                                 "`workload` (seed 000's --workload_path) before the workload runs.")
+                                 "`workload` before the workload runs.")
     extensions.add_argument("--strict_exit_status", action="store_true",
                             help=f"Exit with {EXIT_WORKLOAD_FAILED} when the workload exits non-zero or is killed by "
                                  "a signal. Without it, as the original, memory_tracer.py exits 0 whenever its "
                                  "report is complete, and says how the workload ended in one line on stderr.")
-    extensions.add_argument("--drop_when_trace_fifo_full", action="store_true",
-                            help="Drop (and count) records when the reader is slower than the guest, "
-                                 "instead of making the guest wait (the default is lossless).")
+    add_setting_arguments(extensions, original=False)
     return parser
 
 
@@ -220,10 +197,7 @@ def validate(parser, args):
         if not os.access(args.trace_files_per_vcpu, os.W_OK | os.X_OK):
             raise BadInputError(f"trace_files_per_vcpu must be a writable directory, but "
                                 f"{args.trace_files_per_vcpu} isn't writable.")
-    settings = TraceSettings(args.trace_only_CPL3_code_GMBE, args.log_of_GMBE_block_len,
-                             args.log_of_GMBE_tracing_ratio, args.drop_when_trace_fifo_full,
-                             args.record_format, args.trace_only_marked_regions,
-                             args.max_instructions).validate()
+    settings = TraceSettings.from_arguments(args)
     if not 1 <= args.smp <= MAX_SMP:
         raise BadInputError(f"smp must be in range [1, {MAX_SMP}], but {args.smp} isn't.")
     if args.qemu_plugin is not None:

@@ -7,11 +7,10 @@ import sys
 import tempfile
 import time
 
-from .analysis_tool import AnalysisTool
+from .tool_process import ToolProcess
 from .errors import AnalysisToolError
 from .shm_ring import ShmRing, create_ring
 from .trace_file import TraceHeader
-from .trace_settings import RECORD_FORMATS
 from .trace_fifo import TraceFifo
 
 log = logging.getLogger(__name__)
@@ -25,22 +24,10 @@ DRAIN_TIMEOUT_SECONDS = _OVERRIDE or 600     # a slow reader finishing the last 
 OUTPUT_TIMEOUT_SECONDS = _OVERRIDE or 120    # from SIGUSR1 to the end marker
 
 
-def tool_environment(settings):
-    """What was filtered and sampled, for tools that record it (the `record` tool's header)."""
-    environment = dict(os.environ)
-    if settings is not None:
-        environment.update(GMBE_TRACE_ONLY_CPL3=str(int(settings.trace_only_CPL3_code_GMBE)),
-                           GMBE_LOG_OF_BLOCK_LEN=str(settings.log_of_GMBE_block_len),
-                           GMBE_LOG_OF_TRACING_RATIO=str(settings.log_of_GMBE_tracing_ratio),
-                           GMBE_RECORD_FORMAT=settings.record_format)
-    return environment
-
-
 def make_consumer(request, private_dir):
     """The consumer a traced run's request asks for."""
     if request.analysis_tool_path:
-        record_size = RECORD_FORMATS[request.settings.record_format]
-        transport = RingTransport(record_size) if request.shared_memory_ring else FifoTransport(private_dir)
+        transport = RingTransport(request.settings.record_size) if request.shared_memory_ring else FifoTransport(private_dir)
         return ToolConsumer(request.analysis_tool_path, transport, request.verbose,
                             request.analysis_tool_args, request.settings)
     if request.trace_dir:
@@ -99,7 +86,7 @@ class RingTransport:
 class ToolConsumer:
     """An analysis tool (--analysis_tool_path) reading the FIFO or the ring memory_tracer made."""
 
-    def __init__(self, tool_path, transport, verbose, tool_args=(), settings=None):
+    def __init__(self, tool_path, transport, verbose, tool_args, settings):
         self.tool_path = tool_path
         self.transport = transport
         self.plugin_argument = transport.plugin_argument
@@ -109,9 +96,9 @@ class ToolConsumer:
         self.tool = None
 
     def start(self, info_words):
-        self.tool = AnalysisTool(self.tool_path, self.transport.path, info_words,
+        self.tool = ToolProcess(self.tool_path, self.transport.path, info_words,
                                  echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
-                                 environment=tool_environment(self.settings))
+                                 environment=dict(os.environ, **self.settings.tool_variables()))
         self.tool.start(READY_TIMEOUT_SECONDS)
         self.transport.tool_ready(self.tool)
 

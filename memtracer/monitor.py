@@ -2,7 +2,7 @@
 
 Lines go to QEMU's human monitor (through QMP's human-monitor-command, so its answers come back
 whole), except memory_tracer's own commands, which control tracing while the guest runs
-(qemutrace's start/stop from the monitor):
+(start and stop tracing from the monitor):
 
     trace_start    open a new trace window: a fresh analysis tool (or your FIFO) gets the records
     trace_stop     close it: deliver every record, print the analysis output and the trace info

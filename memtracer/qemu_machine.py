@@ -19,6 +19,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .errors import BadInputError, QemuError
+from .layout import DEFAULT_GUEST_RAM_MB
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ SHUTDOWN_TIMEOUT_SECONDS = 10
 @dataclass
 class MachineProfile:
     """What must be the same when saving and loading a snapshot."""
-    ram_mb: int = 2560
+    ram_mb: int = DEFAULT_GUEST_RAM_MB
     machine: str = "pc"
     smp: int = 1
     virtio_serial: bool = False           # the runner's fast port (the built-in image has it)

@@ -2,6 +2,8 @@
 import numpy as np
 
 RECORD_SIZE = 16
+# memory_tracer --record_format: the record layouts of qemu_patches/gmbe_record.h, by record size.
+RECORD_FORMATS = {"standard": 16, "extended": 32, "compact": 8}
 
 SIZE_SHIFT_MASK = 0x07
 SIGN_EXTEND_BIT = 0x08

@@ -1,4 +1,4 @@
-"""Standard output of a run: only the sections of interface.md, in its order, each when it applies."""
+"""Standard output of a run: only the original memory_tracer.py's sections, in its order, each when it applies."""
 
 ATTENTION_COUNTERS = ("num_of_events_waiting_in_trace_buf", "num_of_missing_events", "num_of_dropped_events")
 

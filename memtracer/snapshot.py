@@ -20,7 +20,8 @@ use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 r
 from .errors import MemoryTracerError, QemuError  # noqa: E402
 from .guest_channel import GuestChannel  # noqa: E402
 from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
-from .qemu_machine import PINNED_MACHINE, MachinePaths, MachineProfile, QemuMachine, qemu_command  # noqa: E402
+from .qemu_machine import (PINNED_MACHINE, VIRTIO_PORT_NAME, MachinePaths, MachineProfile, QemuMachine,  # noqa: E402
+                           qemu_command)
 
 BOOT_TIMEOUT_SECONDS = 300
 SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised
@@ -80,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--snapshot_name", default=DEFAULT_SNAPSHOT)
     parser.add_argument("--guest_RAM_in_MBs", type=int, default=DEFAULT_GUEST_RAM_MB)
     parser.add_argument("--virtio_serial", action="store_true",
-                        help="give the guest the virtio-serial port org.memory_tracer.0 (fast transfers)")
+                        help=f"give the guest the virtio-serial port {VIRTIO_PORT_NAME} (fast transfers)")
     parser.add_argument("--qemu_with_GMBEOO_path", default=str(DEFAULT_QEMU_DIR))
     parser.add_argument("--boot_timeout", type=float, default=BOOT_TIMEOUT_SECONDS)
     parser.add_argument("--smp", type=int, default=1, help="vCPUs (memory_tracer --smp must then be the same)")

@@ -1,4 +1,4 @@
-"""--ssh_key: the workload (a file, or a whole directory as seed 000's --workload_path) goes to the
+"""--ssh_key: the workload (a file, or a whole directory) goes to the
 guest with SFTP, over a port of QEMU's user network forwarded to the guest's SSH server.
 
 Key-based only: paramiko is never given a password, nor the user's agent or ~/.ssh keys, and the

@@ -1,21 +1,53 @@
-"""What to trace and how: declared once, with the same names for CLI flags and plugin keys."""
-from dataclasses import dataclass
+"""What to trace and how. Each setting is declared once, as a field of TraceSettings; its
+metadata yields memory_tracer.py's command-line flag (--NAME), the GMBEOO plugin's argument (the
+same NAME, an entry of plugin_options[] in gmbeoo.c) and, where tools need it, the environment
+variable that tells an analysis tool what was filtered and sampled (the `record` tool's header)."""
+from dataclasses import dataclass, field, fields
 
 from .errors import BadInputError
+from .record import RECORD_FORMATS
 
-# memory_tracer --record_format: the record layouts of qemu_patches/gmbe_record.h, by record size.
-RECORD_FORMATS = {"standard": 16, "extended": 32, "compact": 8}
+
+def setting(default, help, tool_variable=None, original=False, choices=None):
+    """A field of TraceSettings with what the command line, the plugin and the tools need."""
+    return field(default=default, metadata={"help": help, "tool_variable": tool_variable,
+                                            "original": original, "choices": choices})
 
 
 @dataclass(frozen=True)
 class TraceSettings:
-    trace_only_CPL3_code_GMBE: bool = False
-    log_of_GMBE_block_len: int = 0
-    log_of_GMBE_tracing_ratio: int = 0
-    drop_when_trace_fifo_full: bool = False
-    record_format: str = "standard"
-    trace_only_marked_regions: bool = False
-    max_instructions: int = 0          # 0: no limit
+    trace_only_CPL3_code_GMBE: bool = setting(
+        False, "If specified, only memory accesses by CPL3 code are traced; code that runs at CPL < 3 "
+               "is not instrumented at all.", tool_variable="GMBE_TRACE_ONLY_CPL3", original=True)
+    log_of_GMBE_block_len: int = setting(
+        0, "Log of the length of a GMBE_block, i.e. the number of GMBE events in a GMBE_block. (It is "
+           "used when determining whether to trace a GMBE event.)",
+        tool_variable="GMBE_LOG_OF_BLOCK_LEN", original=True)
+    log_of_GMBE_tracing_ratio: int = setting(
+        0, "Log of the ratio between the number of blocks of GMBE events we trace to the total number "
+           "of blocks. E.g. if GMBE_tracing_ratio is 16, we trace 1 block, then skip 15 blocks, then "
+           "trace 1, then skip 15, and so on...", tool_variable="GMBE_LOG_OF_TRACING_RATIO", original=True)
+    record_format: str = setting(
+        "standard", "standard: the 16-byte records above (default); extended: 32 bytes, adding the "
+                    "physical address (full-system) and the PC of the accessing instruction; compact: "
+                    "8 bytes, the flags in the top bits of a canonical 48-bit address "
+                    "(qemu_patches/gmbe_record.h). Tools are told in GMBE_RECORD_FORMAT; those of "
+                    "analysis_tools/ read all three.",
+        tool_variable="GMBE_RECORD_FORMAT", choices=tuple(sorted(RECORD_FORMATS)))
+    trace_only_marked_regions: bool = setting(
+        False, "Trace only between the guest program's memory_tracer_region_begin() and "
+               "memory_tracer_region_end() (to_run_on_guest/memory_tracer_markers.h).")
+    max_instructions: int = setting(
+        0, "Stop tracing once N guest instructions have executed in the trace window (exact with one "
+           "vCPU; shared by all vCPUs).")
+    drop_when_trace_fifo_full: bool = setting(
+        False, "Drop (and count) records when the reader is slower than the guest, instead of making "
+               "the guest wait (the default is lossless).")
+
+    @classmethod
+    def from_arguments(cls, args):
+        """The settings of a parsed command line (argparse's namespace), validated."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)}).validate()
 
     def validate(self):
         if self.record_format not in RECORD_FORMATS:
@@ -36,14 +68,37 @@ class TraceSettings:
         return self
 
     def plugin_args(self):
-        """The plugin's key=value arguments for these settings."""
-        on_off = {True: "on", False: "off"}
-        return [
-            f"trace_only_CPL3_code_GMBE={on_off[self.trace_only_CPL3_code_GMBE]}",
-            f"log_of_GMBE_block_len={self.log_of_GMBE_block_len}",
-            f"log_of_GMBE_tracing_ratio={self.log_of_GMBE_tracing_ratio}",
-            f"drop_when_trace_fifo_full={on_off[self.drop_when_trace_fifo_full]}",
-            f"record_format={self.record_format}",
-            f"trace_only_marked_regions={on_off[self.trace_only_marked_regions]}",
-            f"max_instructions={self.max_instructions}",
-        ]
+        """The plugin's key=value arguments for these settings (booleans as on/off)."""
+        return [f"{f.name}={_plugin_value(getattr(self, f.name))}" for f in fields(self)]
+
+    def tool_variables(self):
+        """The environment variables that tell an analysis tool what was filtered and sampled."""
+        return {f.metadata["tool_variable"]: str(_tool_value(getattr(self, f.name)))
+                for f in fields(self) if f.metadata["tool_variable"]}
+
+    @property
+    def record_size(self):
+        return RECORD_FORMATS[self.record_format]
+
+
+def _plugin_value(value):
+    return {True: "on", False: "off"}[value] if isinstance(value, bool) else value
+
+
+def _tool_value(value):
+    return int(value) if isinstance(value, bool) else value
+
+
+def add_setting_arguments(group, original):
+    """--NAME for each setting of the original interface (original=True) or of the extensions."""
+    for f in fields(TraceSettings):
+        if f.metadata["original"] != original:
+            continue
+        if f.type is bool:
+            group.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+        elif f.metadata["choices"]:
+            group.add_argument(f"--{f.name}", choices=f.metadata["choices"], default=f.default,
+                               help=f.metadata["help"])
+        else:
+            metavar = None if f.metadata["original"] else "N"
+            group.add_argument(f"--{f.name}", type=int, default=f.default, metavar=metavar, help=f.metadata["help"])

@@ -1,4 +1,4 @@
-"""The workload's side of interface.md: its markers, and how it is released and stopped.
+"""The workload's side of the original memory_tracer.py's protocol: its markers, and how it is released and stopped.
 
 A workload run with --dont_add_communications_with_host_to_workload prints the info between the
 two info markers, then `Ready to trace. Press enter to continue`, waits for Enter, runs, and prints
@@ -10,11 +10,8 @@ import time
 import pexpect
 
 from .errors import WorkloadError
+from .protocol import WORKLOAD_INFO_BEGIN, WORKLOAD_INFO_END, WORKLOAD_READY, WORKLOAD_STOP
 
-BEGIN_INFO = "-----begin workload info-----"
-END_INFO = "-----end workload info-----"
-READY = "Ready to trace. Press enter to continue"
-STOP = "Stop tracing"
 
 
 def describe_exit_status(exit_code, signal_number):
@@ -63,10 +60,10 @@ class ProtocolSession:
 
     def read_info(self):
         """Wait for the info and the ready line; returns the info, trimmed."""
-        self._expect(BEGIN_INFO)
-        self._expect(END_INFO)
+        self._expect(WORKLOAD_INFO_BEGIN)
+        self._expect(WORKLOAD_INFO_END)
         info = clean_text(self.child.before)
-        self._expect(READY)
+        self._expect(WORKLOAD_READY)
         return info
 
     def release(self):
@@ -77,7 +74,7 @@ class ProtocolSession:
 
     def wait_for_stop(self, timeout=None):
         """Wait for `Stop tracing`; returns False when the timeout passed first."""
-        if self._expect(STOP, timeout) is None:
+        if self._expect(WORKLOAD_STOP, timeout) is None:
             return False
         self.window_output = self.child.before
         return True

@@ -1,4 +1,4 @@
-"""Runs an analysis tool by the protocol of interface.md: argv[1] the trace FIFO, argv[2:] the
+"""Runs an analysis tool by the original memory_tracer.py's protocol: argv[1] the trace FIFO, argv[2:] the
 workload info words; it prints `Ready to analyze`, reads the FIFO, and on SIGUSR1 prints its
 results between the markers.
 
@@ -11,10 +11,8 @@ import threading
 import pexpect
 
 from .errors import AnalysisToolError
+from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY
 
-READY = "Ready to analyze"
-BEGIN = "-----begin analysis output-----"
-END = "-----end analysis output-----"
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +23,8 @@ def describe_exit(child):
     return f"exit code {child.exitstatus}"
 
 
-class AnalysisTool:
+class ToolProcess:
+    """The analysis tool of a run, as a process on a pty."""
     def __init__(self, path, fifo_path, info_words, echo_to=None, extra_args=(), environment=None):
         # The tool's own options go after the info words: argv[2:] still starts with the info.
         self.argv = [str(path), str(fifo_path), *info_words, *extra_args]
@@ -41,13 +40,13 @@ class AnalysisTool:
         self.child = pexpect.spawn(self.argv[0], self.argv[1:], echo=False, encoding="utf-8",
                                    codec_errors="replace", timeout=None, env=self.environment)
         self.child.logfile_read = self.echo_to
-        index = self.child.expect_exact([READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
+        index = self.child.expect_exact([TOOL_READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
         if index == 1:
             self.child.wait()
             raise AnalysisToolError(f"the analysis tool {self.argv[0]} exited "
-                                    f"({describe_exit(self.child)}) before printing {READY!r}.")
+                                    f"({describe_exit(self.child)}) before printing {TOOL_READY!r}.")
         if index == 2:
-            raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {READY!r} "
+            raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {TOOL_READY!r} "
                                     f"within {ready_timeout:g} s.")
         self._reader = threading.Thread(target=self._read_until_output, daemon=True)
         self._reader.start()
@@ -55,11 +54,11 @@ class AnalysisTool:
 
     def _read_until_output(self):
         try:
-            if self.child.expect_exact([BEGIN, pexpect.EOF]) == 1:
-                self._error = f"exited ({self._exit_description()}) before printing {BEGIN!r}"
+            if self.child.expect_exact([TOOL_OUTPUT_BEGIN, pexpect.EOF]) == 1:
+                self._error = f"exited ({self._exit_description()}) before printing {TOOL_OUTPUT_BEGIN!r}"
                 return
-            if self.child.expect_exact([END, pexpect.EOF]) == 1:
-                self._error = f"exited ({self._exit_description()}) before printing {END!r}"
+            if self.child.expect_exact([TOOL_OUTPUT_END, pexpect.EOF]) == 1:
+                self._error = f"exited ({self._exit_description()}) before printing {TOOL_OUTPUT_END!r}"
                 return
             self._output = self.child.before.replace("\r\n", "\n").strip()
         except Exception as exc:  # reported by the thread that waits for the output
@@ -87,7 +86,7 @@ class AnalysisTool:
             self.child.kill(signal.SIGUSR1)
         self._reader.join(timeout)
         if self._reader.is_alive():
-            raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {END!r} "
+            raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {TOOL_OUTPUT_END!r} "
                                     f"within {timeout:g} s of SIGUSR1.")
         if self._output is None:
             raise AnalysisToolError(f"the analysis tool {self.argv[0]} {self._error}.")
