@@ -52,11 +52,14 @@ static int sharing_init(void)
     return 0;
 }
 
+/* One bit per vCPU in a 64-bit mask: memory_tracer --smp is limited to this many. */
+#define MAX_VCPUS 64
+
 static void sharing_process(const struct gmbe_record *records, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         const struct gmbe_record *r = &records[i];
-        unsigned vcpu = gmbe_vcpu(r) < 64 ? gmbe_vcpu(r) : 63;
+        unsigned vcpu = gmbe_vcpu(r) < MAX_VCPUS ? gmbe_vcpu(r) : MAX_VCPUS - 1;
         uint64_t me = UINT64_C(1) << vcpu;
         int inserted;
         line_state *line = gmbe_hash_get(&lines, r->virt_addr >> line_shift, &inserted);
@@ -86,7 +89,7 @@ static void print_vcpus(FILE *out, const char *name, uint64_t mask)
     if (!mask) {
         fprintf(out, "none");
     }
-    for (int v = 0, first = 1; v < 64; v++) {
+    for (int v = 0, first = 1; v < MAX_VCPUS; v++) {
         if (mask & (UINT64_C(1) << v)) {
             fprintf(out, first ? "%d" : ",%d", v);
             first = 0;

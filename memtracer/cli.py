@@ -9,9 +9,10 @@ import traceback
 from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
-from .host_run import HostRun, RunRequest
+from .host_run import HostRun
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .report import format_report
+from .run import RunRequest
 from .system_run import GuestTarget, SystemRun
 from .trace_fifo import is_fifo
 from .trace_settings import TraceSettings, add_setting_arguments

@@ -3,7 +3,6 @@ Debian packages and memtracer.environment the Python ones: build every part, fro
 
 Every step checks first and does nothing when its result is already there, so a second run is quick.
 """
-import fcntl
 import glob
 import json
 import os
@@ -14,14 +13,13 @@ import sys
 from pathlib import Path
 
 from .bootstrap import MIN_QEMU_MAJOR, dpkg_version, run, step
+from .builtin_image import build_smp_guest_image, make_into_place, out_of_date
 from .errors import BuildError
 from .guest_image import SSH_KEY, build_disk_image
-from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, builtin_guest_image, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
-                     DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR, QemuDir)
+from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
+                     DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR)
 from .qemu_machine import MachineProfile
-from .snapshot import save_ready_snapshot
 
-BUILTIN_NIC_MODEL = "virtio-net-pci"   # the cloud kernel drives virtio-net, not the default e1000
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 
@@ -112,12 +110,6 @@ def build_qemu_user(tree, qemu_version):
 
 # ----------------------------------------------------------------- compiling the project's C
 
-def out_of_date(target, sources):
-    if not target.exists():
-        return True
-    return any(Path(s).stat().st_mtime > target.stat().st_mtime for s in sources)
-
-
 def compile_c(output, source, flags, headers=(), libs=()):
     output = Path(output)
     sources = [REPO_DIR / source, *[REPO_DIR / h for h in headers]]
@@ -176,23 +168,6 @@ def guest_image_up_to_date(qemu_version):
     return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT
 
 
-def make_into_place(image, make_disk, smp=1):
-    """A built-in image made under a temporary name: make_disk(fresh) writes the disk, one boot
-    saves its snapshot for smp vCPUs, then it and its description move into place. Whatever
-    happens, the temporary files do not stay."""
-    fresh = image.with_name(f"making_{image.name}")
-    fresh_sidecar = MachineProfile.sidecar_path(fresh)
-    try:
-        make_disk(fresh)
-        save_ready_snapshot(fresh, QemuDir(DEFAULT_QEMU_DIR), DEFAULT_SNAPSHOT, DEFAULT_GUEST_RAM_MB,
-                            virtio_serial=True, smp=smp, nic_model=BUILTIN_NIC_MODEL)
-        fresh.rename(image)
-        fresh_sidecar.rename(MachineProfile.sidecar_path(image))
-    finally:
-        fresh.unlink(missing_ok=True)
-        fresh_sidecar.unlink(missing_ok=True)
-
-
 def build_guest_image(qemu_version, remake=False):
     """The built-in image with its snapshot."""
     if not remake and guest_image_up_to_date(qemu_version):
@@ -208,28 +183,6 @@ def build_guest_image(qemu_version, remake=False):
     make_into_place(DEFAULT_GUEST_IMAGE, make_disk)
     size_mb = DEFAULT_GUEST_IMAGE.stat().st_size / 1e6
     step(f"guest image: {DEFAULT_GUEST_IMAGE} ({size_mb:.0f} MB)")
-
-
-def build_smp_guest_image(smp, progress=step):
-    """The built-in image saved with `smp` vCPUs: the disk of the one-vCPU image without its
-    snapshot (qemu-img convert drops it), booted once with -smp and saved."""
-    image = builtin_guest_image(smp)
-    GUEST_IMAGE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(GUEST_IMAGE_DIR / f".making_smp{smp}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # two runs asking at once: the second waits, then finds it made
-        sidecar = MachineProfile.sidecar_path(image)
-        if (image.exists() and sidecar.exists()
-                and not out_of_date(sidecar, [MachineProfile.sidecar_path(DEFAULT_GUEST_IMAGE)])
-                and json.loads(sidecar.read_text()).get("smp") == smp):
-            progress(f"guest image for {smp} vCPUs: up to date ({image})")
-            return image
-
-        def make_disk(fresh):
-            run([str(DEFAULT_QEMU_DIR / "qemu-img"), "convert", "-O", "qcow2", str(DEFAULT_GUEST_IMAGE), str(fresh)])
-            progress(f"guest image for {smp} vCPUs: booting it once and saving the snapshot {DEFAULT_SNAPSHOT!r}")
-        make_into_place(image, make_disk, smp)
-    progress(f"guest image for {smp} vCPUs: {image}")
-    return image
 
 
 def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):

@@ -11,6 +11,8 @@ whole), except memory_tracer's own commands, which control tracing while the gue
 import sys
 
 from .errors import MemoryTracerError
+from .report import format_report
+from .run import RunResult
 
 PROMPT = "(qemu) "
 HELP = """\
@@ -55,3 +57,51 @@ def answer_line(line, machine, tracing):
     if command in ("help", "?"):
         answer = answer.rstrip("\n") + "\n" + HELP
     return answer
+
+
+class MonitorTracing:
+    """trace_start / trace_stop / trace_status, after the workload's own window: each window gets
+    a fresh consumer (the analysis tool started again with the same arguments, or the user's FIFO
+    reopened) from the run, and closes as every window does."""
+
+    def __init__(self, run):
+        self.run = run
+        self.window = None
+
+    @property
+    def active(self):
+        return self.window is not None
+
+    def start(self):
+        if self.active:
+            return "trace_start: tracing is already on (trace_stop ends it)."
+        window = self.run.new_window()
+        try:
+            window.open(self.run.info_words())
+        except BaseException:
+            window.consumer.close()
+            raise
+        window.start_clock()
+        self.window = window
+        return "tracing started"
+
+    def stop(self):
+        if not self.active:
+            return "trace_stop: tracing is off (trace_start starts it)."
+        result = RunResult(workload_info=self.run.result.workload_info)
+        window, self.window = self.window, None
+        window.stop_clock(result)
+        try:
+            window.close(result)
+        finally:
+            window.consumer.close()
+        return format_report(result, print_trace_info=True).rstrip("\n")
+
+    def status(self):
+        counters = self.run.control.counters()
+        lines = [f"tracing: {'on' if counters.get('tracing') else 'off'}"
+                 + ("" if self.active or counters.get("window_open") else " (no trace window: trace_start opens one)")]
+        if self.active:
+            lines.append(f"window open for: {self.window.elapsed():.1f} s")
+            lines += [f"{name}: {value}" for name, value in counters.items() if name not in ("tracing", "window_open")]
+        return "\n".join(lines)

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -189,25 +190,70 @@ def explain_qemu_failure(log_text, image, snapshot, profile):
 
 
 class QemuMachine:
-    """A running qemu-system-x86_64, driven through QMP."""
+    """A qemu-system-x86_64 of ours, from its command line to its shutdown, driven through QMP.
 
-    def __init__(self, command, paths, image, snapshot, profile):
-        self.command = command
-        self.paths = paths
+    Nothing happens until launch(): it makes a private 0700 directory (QMP, monitor, serial,
+    virtio and control sockets, the log), builds the one command line and starts QEMU there.
+    shut_down() quits it (QMP `quit`, then a kill) and removes the directory; use the machine as
+    a context manager so that this happens whatever goes wrong."""
+
+    def __init__(self, qemu_binary, image, profile, snapshot, loadvm=True, plugin=None, graphic=False,
+                 known_as=None):
+        self.qemu_binary = qemu_binary
         self.image = image
-        self.snapshot = snapshot
+        self.known_as = known_as or image   # the image's name in messages: the user's, not a private copy
         self.profile = profile
+        self.snapshot = snapshot
+        self.loadvm = loadvm
+        self.plugin = plugin
+        self.graphic = graphic
+        self.command = None
+        self.paths = None
         self.process = None
         self.qmp = None
         self._log = None
+        self._directory = None
 
-    def start(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shut_down()
+        return False
+
+    def launch(self):
+        self._directory = tempfile.TemporaryDirectory(prefix="memory_tracer-qemu-")
+        os.chmod(self._directory.name, 0o700)
+        self.paths = MachinePaths(self._directory.name)
+        self.command = qemu_command(self.qemu_binary, os.path.abspath(self.image), self.profile,
+                                    loadvm=self.snapshot if self.loadvm else None, plugin=self.plugin,
+                                    graphic=self.graphic)
         log.debug("QEMU: %s", " ".join(self.command))
         self._log = open(self.paths.log, "wb")
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         cwd=self.paths.directory)
         self.qmp = self._connect_qmp()
+        return self
+
+    def runner_ports(self):
+        """(socket, name) of each port the guest runner listens on, the fastest first."""
+        ports = [(self.paths.serial, "serial port")]
+        if self.profile.virtio_serial:
+            ports.insert(0, (self.paths.virtio_port, "virtio-serial port"))
+        return ports
+
+    def reach_runner(self, channel, deadline, waiting=lambda elapsed: None):
+        """Ping the guest runner on channel until it answers (True) or the deadline passes (False);
+        QEMU ending meanwhile is an error. waiting(seconds) is told how long it has been."""
+        started = time.monotonic()
+        while not channel.ping(timeout=0.2):
+            if not self.is_alive():
+                raise self.failure("ended before the guest runner answered")
+            if time.monotonic() > deadline:
+                return False
+            waiting(time.monotonic() - started)
+        return True
 
     def is_alive(self):
         return self.process is not None and self.process.poll() is None
@@ -226,7 +272,7 @@ class QemuMachine:
             except subprocess.TimeoutExpired:
                 pass
         text = self.log_text()
-        explained = explain_qemu_failure(text, self.image, self.snapshot, self.profile)
+        explained = explain_qemu_failure(text, self.known_as, self.snapshot, self.profile)
         if explained:
             return QemuError(explained)
         return QemuError(f"QEMU {what}", self.command, self.process and self.process.returncode, text)
@@ -292,8 +338,10 @@ class QemuMachine:
         return True
 
     def shut_down(self):
-        """Quit cleanly (QEMU flushes the image and the plugin its trace); kill if it hangs."""
+        """Quit cleanly (QEMU flushes the image and the plugin its trace); kill if it hangs; then
+        remove the private directory."""
         if self.process is None:
+            self._remove_directory()
             return
         if self.is_alive() and not self._quit_through_qmp():
             self.process.terminate()   # no QMP yet (still loading): QEMU also quits on SIGTERM
@@ -310,4 +358,12 @@ class QemuMachine:
                 pass   # QEMU closed its end first
             self.qmp = None
         self._log.close()
-        self.paths.close()
+        self.process = None
+        self._remove_directory()
+
+    def _remove_directory(self):
+        if self.paths is not None:
+            self.paths.close()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None

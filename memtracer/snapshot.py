@@ -10,8 +10,8 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
+from contextlib import ExitStack
 
 from .environment import use_project_environment
 
@@ -20,8 +20,7 @@ use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 r
 from .errors import MemoryTracerError, QemuError  # noqa: E402
 from .guest_channel import GuestChannel  # noqa: E402
 from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
-from .qemu_machine import (PINNED_MACHINE, VIRTIO_PORT_NAME, MachinePaths, MachineProfile, QemuMachine,  # noqa: E402
-                           qemu_command)
+from .qemu_machine import PINNED_MACHINE, VIRTIO_PORT_NAME, MachineProfile, QemuMachine  # noqa: E402
 
 BOOT_TIMEOUT_SECONDS = 300
 SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised
@@ -32,44 +31,27 @@ def qemu_version(qemu_binary):
     return first.split("version ")[1].split()[0] if "version " in first else "unknown"
 
 
-def wait_for_runner(machine, channel, deadline, progress):
-    started = time.monotonic()
-    while not channel.ping(timeout=0.5):
-        if not machine.is_alive():
-            raise machine.failure("ended while the guest booted")
-        if time.monotonic() > deadline:
-            raise QemuError(f"the guest runner did not answer on the {channel.name} within "
-                            f"{deadline - started:.0f} s of booting", machine.command, None, machine.log_text())
-        progress(f"booting the guest ({time.monotonic() - started:.0f} s)")
-
-
 def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ram_mb=DEFAULT_GUEST_RAM_MB,
                         virtio_serial=False, machine=PINNED_MACHINE, progress=lambda message: None,
                         boot_timeout=BOOT_TIMEOUT_SECONDS, smp=1, nic_model=None):
     """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
     profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp, nic_model=nic_model,
                              qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
-    with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir:
-        os.chmod(private_dir, 0o700)
-        paths = MachinePaths(private_dir)
-        command = qemu_command(qemu_dir.qemu_system, os.path.abspath(image_path), profile)
-        machine = QemuMachine(command, paths, image_path, snapshot_name, profile)
-        channels = [GuestChannel(paths.serial, "serial port")]
-        if virtio_serial:
-            channels.append(GuestChannel(paths.virtio_port, "virtio-serial port"))
-        try:
-            machine.start()
-            deadline = time.monotonic() + boot_timeout
-            for channel in channels:
-                channel.connect(machine.is_alive, boot_timeout)
-                wait_for_runner(machine, channel, deadline, progress)
-            time.sleep(SETTLE_SECONDS)
-            progress(f"saving the snapshot {snapshot_name!r}")
-            machine.save_snapshot(snapshot_name)
-        finally:
-            for channel in channels:
-                channel.close()
-            machine.shut_down()
+    with QemuMachine(qemu_dir.qemu_system, image_path, profile, snapshot_name, loadvm=False) as qemu, \
+            ExitStack() as channels:
+        qemu.launch()
+        deadline = time.monotonic() + boot_timeout
+        for socket_path, name in qemu.runner_ports():
+            channel = GuestChannel(socket_path, name)
+            channels.callback(channel.close)
+            channel.connect(qemu.is_alive, boot_timeout)
+            if not qemu.reach_runner(channel, deadline, lambda elapsed: progress(f"booting the guest ({elapsed:.0f} s)")):
+                raise QemuError(f"the guest runner did not answer on the {name} within {boot_timeout:.0f} s of "
+                                "booting", qemu.command, None, qemu.log_text())
+        time.sleep(SETTLE_SECONDS)
+        progress(f"saving the snapshot {snapshot_name!r}")
+        qemu.save_snapshot(snapshot_name)
+        command = qemu.command
     profile.save_beside(image_path, [a.replace(os.path.abspath(image_path), "<image>") for a in command])
     return profile
 

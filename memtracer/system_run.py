@@ -16,21 +16,21 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from .builtin_image import build_smp_guest_image
 from .consumer import make_consumer
 from .errors import BadInputError, QemuError, WorkloadError
 from .guest_channel import GuestChannel
-from .host_run import RunResult
-from .machine_setup import build_smp_guest_image
-from .monitor import monitor_session
-from .report import format_report
+from .monitor import MonitorTracing, monitor_session
 from .plugin_control import ControlChannel
 from .progress import Progress
-from .qemu_machine import CONTROL_SOCKET, MachinePaths, MachineProfile, QemuMachine, has_display, qemu_command
+from .qemu_machine import CONTROL_SOCKET, MachineProfile, QemuMachine, has_display
+from .run import RunResult, TraceWindow, plugin_argument
 from .workload import ProtocolSession
 
 log = logging.getLogger(__name__)
 
 RUNNER_ANSWER_TIMEOUT_SECONDS = 30
+OTHER_PORT_PATIENCE_SECONDS = 5    # for a faster port that may not be there, before the serial one
 CONTROL_CONNECT_TIMEOUT_SECONDS = 30
 REQUEST_TIMEOUT_SECONDS = 30
 SERIAL_BYTES_PER_SECOND = 20_000   # pessimistic, for the transfer's timeout only
@@ -84,7 +84,7 @@ class SystemRun:
         self.result = RunResult()
         self.progress = Progress(request.verbose)
         self._cleanup = ExitStack()
-        self.paths = None
+        self.private_dir = None
         self.machine = None
         self.channel = None
         self.consumer = None
@@ -104,6 +104,32 @@ class SystemRun:
 
     def trace(self):
         self._prepare()
+        session = ProtocolSession(self._start_workload())
+        self.progress.phase("waiting for the workload's `Ready to trace`")
+        self.result.workload_info = session.read_info()
+        if self.consumer is not None:
+            self.progress.phase("starting the analysis tool" if self.request.analysis_tool_path
+                                else "waiting for the reader of trace_fifo_path")
+        window = self.window_for(self.consumer)
+        window.open(self.info_words())
+        window.start_clock(session.release())
+        self.progress.phase("the workload runs" + (" (traced)" if self.request.traced else ""))
+        stopped = window.wait(lambda poll: self._stopped(session, poll), self.request.timeout,
+                              on_tick=lambda: self._still_running(window))
+        window.stop_clock(self.result)
+        if self.consumer is not None:
+            self.progress.phase("delivering the last records and collecting the analysis output")
+        window.close(self.result, after_recording=(lambda: None) if stopped else self.process.kill_workload)
+        if stopped:
+            self.result.workload_problem = session.finish(FINISH_GRACE_SECONDS)
+        else:
+            self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
+            session.finish(FINISH_GRACE_SECONDS)
+        self.progress.stop()
+        return self.result
+
+    def _start_workload(self):
+        """QEMU loaded, the runner reached, the workload placed and started: its process."""
         started = time.monotonic()
         self._start_qemu()
         self.timings["loadvm"] = time.monotonic() - started
@@ -118,39 +144,42 @@ class SystemRun:
         self.timings["workload_started"] = time.monotonic() - started
         log.debug("timings (s after starting QEMU): %s",
                   " ".join(f"{k}={v:.3f}" for k, v in self.timings.items()))
-        session = ProtocolSession(self.process)
-        self.progress.phase("waiting for the workload's `Ready to trace`")
-        self.result.workload_info = session.read_info()
-        if self.consumer is not None:
-            self.progress.phase("starting the analysis tool" if self.request.analysis_tool_path
-                                else "waiting for the reader of trace_fifo_path")
-            self.consumer.start(info_words=self.result.workload_info.split())
-        self.open_window(self.consumer)
-        start = session.release()
-        self.progress.phase("the workload runs" + (" (traced)" if self.request.traced else ""))
-        stopped = self._wait_for_stop(session)
-        self.result.duration_ms = int((time.monotonic() - start) * 1000)
-        self.close_window(self.consumer, self.result)
-        if not stopped:
-            self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
-            self.process.kill_workload()
-        if self.consumer is not None:
-            self.progress.phase("delivering the last records and collecting the analysis output")
-            self.result.analysis_output = self.consumer.finish()
-        self._finish_workload(session, stopped)
-        self.progress.stop()
-        return self.result
+        return self.process
+
+    def info_words(self):
+        return self.result.workload_info.split()
+
+    def window_for(self, consumer):
+        """A trace window whose recording is switched on and off with the VM paused, so that the
+        switch falls between two guest instructions on every vCPU."""
+        if self.control is None:
+            return TraceWindow(None)
+
+        def begin_recording(check):
+            with self.machine.paused():
+                self.control.enable(check)
+
+        def end_recording(check):
+            with self.machine.paused():
+                return self.control.end_window(check)
+        return TraceWindow(consumer, begin_recording, end_recording)
+
+    def new_window(self):
+        """A window after the workload's own (the monitor's trace_start): a fresh consumer at the
+        same place (the plugin reopens its trace there), the last one's FIFO or ring made way for."""
+        self.consumer.close()
+        self.consumer = make_consumer(self.request, self.private_dir)
+        return self.window_for(self.consumer)
 
     def hand_over(self):
         """--dont_exit_qemu_when_done: the user gets QEMU's monitor until they quit it."""
-        monitor_session(self.machine, HostTracing(self) if self.control is not None else None)
+        monitor_session(self.machine, MonitorTracing(self) if self.control is not None else None)
 
     # ------------------------------------------------------------------ steps
 
     def _prepare(self):
-        private_dir = self._cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
-        os.chmod(private_dir, 0o700)
-        self.paths = MachinePaths(private_dir)
+        self.private_dir = self._cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
+        os.chmod(self.private_dir, 0o700)
         self.image = self.target.image_path
         if self.target.make_builtin_image:
             build_smp_guest_image(self.target.smp, progress=self.progress.phase)
@@ -158,53 +187,45 @@ class SystemRun:
         self.profile = MachineProfile.for_image(self.image, self.target.ram_mb, self.target.smp)
         if self.target.private_copy:
             self.progress.phase("copying the image for a private run")
-            self.image = os.path.join(private_dir, os.path.basename(self.image))
+            self.image = os.path.join(self.private_dir, os.path.basename(self.image))
             shutil.copyfile(self.target.image_path, self.image)
         if self.request.traced:
-            self.consumer = make_consumer(self.request, private_dir)
-            self._cleanup.callback(self.consumer.close)
+            self.consumer = make_consumer(self.request, self.private_dir)
+            self._cleanup.callback(lambda: self.consumer.close())   # the last one, after trace_start
 
     def _plugin_argument(self):
         if not self.request.traced:
             # Untraced runs measure QEMU itself (or with a plugin of the user's, for comparisons).
             return self.request.other_plugin
-        return ",".join([str(self.qemu_dir.plugin),
-                         self.consumer.plugin_argument,
-                         f"control_socket_path={CONTROL_SOCKET}",   # relative to QEMU's directory
-                         "enabled=off", *self.request.settings.plugin_args()])
+        return plugin_argument(self.qemu_dir.plugin, self.consumer, self.request.settings,
+                               CONTROL_SOCKET, enabled=False)   # relative to QEMU's directory
 
     def _start_qemu(self):
-        command = qemu_command(self.qemu_dir.qemu_system, os.path.abspath(self.image), self.profile,
-                               loadvm=self.target.snapshot, plugin=self._plugin_argument(),
-                               graphic=self.target.graphic)
-        self.machine = QemuMachine(command, self.paths, self.target.image_path, self.target.snapshot, self.profile)
+        self.machine = QemuMachine(self.qemu_dir.qemu_system, self.image, self.profile, self.target.snapshot,
+                                   plugin=self._plugin_argument(), graphic=self.target.graphic,
+                                   known_as=self.target.image_path)
         self._cleanup.callback(self.machine.shut_down)
         self.progress.phase(f"loading the snapshot {self.target.snapshot!r}")
-        self.machine.start()
+        self.machine.launch()
         if self.target.graphic and not has_display():
-            self.progress.note(f"no DISPLAY here: QEMU's screen is on VNC at {self.paths.vnc} while the run "
-                               f"lasts (e.g. `vncviewer {self.paths.vnc}`)")
+            self.progress.note(f"no DISPLAY here: QEMU's screen is on VNC at {self.machine.paths.vnc} while "
+                               f"the run lasts (e.g. `vncviewer {self.machine.paths.vnc}`)")
         if self.request.traced:
-            self.control = ControlChannel(self.paths.control)
+            self.control = ControlChannel(self.machine.paths.control)
             self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
             self._cleanup.callback(self.control.close)
 
     def _reach_runner(self):
         """The fastest port whose runner answers: virtio-serial when the image has it, else serial."""
-        ports = [(self.paths.serial, "serial port")]
-        if self.profile.virtio_serial:
-            ports.insert(0, (self.paths.virtio_port, "virtio-serial port"))
+        ports = self.machine.runner_ports()
         for socket_path, name in ports:
             channel = GuestChannel(socket_path, name)
             self._cleanup.callback(channel.close)
             channel.connect(self.machine.is_alive, RUNNER_ANSWER_TIMEOUT_SECONDS)
-            deadline = time.monotonic() + (5 if name != ports[-1][1] else RUNNER_ANSWER_TIMEOUT_SECONDS)
-            while time.monotonic() < deadline:
-                if channel.ping(timeout=0.2):
-                    log.debug("the runner answered on the %s", name)
-                    return channel
-                if not self.machine.is_alive():
-                    raise self.machine.failure("ended after loading the snapshot")
+            patience = RUNNER_ANSWER_TIMEOUT_SECONDS if name == ports[-1][1] else OTHER_PORT_PATIENCE_SECONDS
+            if self.machine.reach_runner(channel, time.monotonic() + patience):
+                log.debug("the runner answered on the %s", name)
+                return channel
             log.debug("no answer on the %s", name)
         raise QemuError(f"the guest runner did not answer within {RUNNER_ANSWER_TIMEOUT_SECONDS} s of loading "
                         f"the snapshot {self.target.snapshot!r}: is the runner running in that snapshot? "
@@ -250,31 +271,20 @@ class SystemRun:
         ssh.close()
         return path
 
-    def open_window(self, consumer):
-        if self.control is None:
-            return
-        with self.machine.paused():
-            self.control.enable(consumer.check)
+    def _stopped(self, session, poll):
+        """Whether the workload said `Stop tracing` within poll seconds."""
+        try:
+            return session.wait_for_stop(timeout=poll)
+        except WorkloadError:
+            if self._qemu_ended_within(2):   # the guest's ports closed because QEMU ended
+                raise self.machine.failure("ended while the workload ran") from None
+            raise
 
-    def _wait_for_stop(self, session):
-        """Wait for `Stop tracing`, keeping an eye on the consumer; False when --timeout passed."""
-        deadline = None if self.request.timeout is None else time.monotonic() + self.request.timeout
-        while True:
-            try:
-                if session.wait_for_stop(timeout=0.2):
-                    return True
-            except WorkloadError:
-                if self._qemu_ended_within(2):   # the guest's ports closed because QEMU ended
-                    raise self.machine.failure("ended while the workload ran") from None
-                raise
-            if self.consumer is not None:
-                self.consumer.check()
-            if not self.machine.is_alive():
-                raise self.machine.failure("ended while the workload ran")
-            self.progress.update(f"the workload runs{' (traced)' if self.request.traced else ''}: "
-                                 f"{self.progress.elapsed():.0f} s")
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
+    def _still_running(self, window):
+        if not self.machine.is_alive():
+            raise self.machine.failure("ended while the workload ran")
+        self.progress.update(f"the workload runs{' (traced)' if self.request.traced else ''}: "
+                             f"{window.elapsed():.0f} s")
 
     def _qemu_ended_within(self, seconds):
         try:
@@ -282,72 +292,3 @@ class SystemRun:
             return True
         except subprocess.TimeoutExpired:
             return False
-
-    def close_window(self, consumer, result):
-        """Every record of the window delivered to consumer, the trace closed (ready to reopen for
-        trace_start); the counters and trace files go into result."""
-        if self.control is None:
-            return
-        with self.machine.paused():
-            result.counters = self.control.end_window(consumer.check)
-        result.trace_files = consumer.trace_files()
-
-    def _finish_workload(self, session, stopped):
-        problem = session.finish(FINISH_GRACE_SECONDS)
-        if stopped:
-            self.result.workload_problem = problem
-
-
-class HostTracing:
-    """trace_start / trace_stop / trace_status from the monitor, after the workload's own window.
-
-    Each window gets a fresh consumer at the same place (the plugin reopens its trace there):
-    the analysis tool started again with the same arguments, or the user's FIFO reopened."""
-
-    def __init__(self, run):
-        self.run = run
-        self.consumer = None
-        self.started = None
-
-    @property
-    def active(self):
-        return self.consumer is not None
-
-    def start(self):
-        if self.active:
-            return "trace_start: tracing is already on (trace_stop ends it)."
-        run = self.run
-        run.consumer.close()   # the workload's window is over: its FIFO or ring makes way
-        self.consumer = make_consumer(run.request, run.paths.directory)
-        try:
-            self.consumer.start(info_words=run.result.workload_info.split())
-            run.open_window(self.consumer)
-        except BaseException:
-            self.consumer.close()
-            self.consumer = None
-            raise
-        self.started = time.monotonic()
-        return "tracing started"
-
-    def stop(self):
-        if not self.active:
-            return "trace_stop: tracing is off (trace_start starts it)."
-        run = self.run
-        result = RunResult(workload_info=run.result.workload_info)
-        result.duration_ms = int((time.monotonic() - self.started) * 1000)
-        try:
-            run.close_window(self.consumer, result)
-            result.analysis_output = self.consumer.finish()
-        finally:
-            self.consumer.close()
-            self.consumer = None
-        return format_report(result, print_trace_info=True).rstrip("\n")
-
-    def status(self):
-        counters = self.run.control.counters()
-        lines = [f"tracing: {'on' if counters.get('tracing') else 'off'}"
-                 + ("" if self.active or counters.get("window_open") else " (no trace window: trace_start opens one)")]
-        if self.active:
-            lines.append(f"window open for: {time.monotonic() - self.started:.1f} s")
-            lines += [f"{name}: {value}" for name, value in counters.items() if name not in ("tracing", "window_open")]
-        return "\n".join(lines)

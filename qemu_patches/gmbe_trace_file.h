@@ -25,7 +25,7 @@ struct gmbe_trace_header {
     uint32_t compression;          /* GMBE_COMPRESSION_* */
     uint32_t vcpu_count;           /* highest vCPU index seen + 1 */
     uint32_t trace_only_cpl3;      /* 0, 1, or GMBE_SETTING_UNKNOWN: what was filtered */
-    uint32_t log_of_block_len;     /* what was sampled (interface.md), or UNKNOWN */
+    uint32_t log_of_block_len;     /* what was sampled (memory_tracer --log_of_GMBE_*), or UNKNOWN */
     uint32_t log_of_tracing_ratio;
     uint32_t reserved0;
     uint64_t record_count;         /* filled in when the file is complete */

@@ -1,4 +1,4 @@
-"""Every validation of interface.md: one clear line on stderr, non-zero exit, nothing started."""
+"""Every validation of the original memory_tracer.py: one clear line on stderr, non-zero exit, nothing started."""
 import os
 
 import pytest

@@ -1,0 +1,113 @@
+"""One run, whatever its kind: what was asked (RunRequest), what came of it (RunResult), and the
+trace window (TraceWindow), the one place where the consumer starts, the plugin records, the
+workload's time is taken, liveness is watched, and every record is delivered and analysed before
+the window closes. host_run.py (user mode, native), system_run.py (full system) and the monitor's
+trace_start / trace_stop all open and close their windows through it."""
+import time
+from dataclasses import dataclass, field
+
+from .trace_settings import TraceSettings
+
+# The plugin arguments a run adds to those of its settings: where records go, how it is driven.
+RUN_PLUGIN_KEYS = ("trace_fifo_path", "trace_shm_path", "trace_dir", "control_socket_path", "counters_path",
+                   "enabled")
+POLL_SECONDS = 0.2   # how often a waiting run checks on the consumer and QEMU
+
+
+@dataclass
+class RunRequest:
+    workload_argv: list                # None in full system (the guest's path is in GuestTarget)
+    follow_protocol: bool = False
+    timeout: float = None
+    analysis_tool_path: str = None
+    analysis_tool_args: list = field(default_factory=list)
+    shared_memory_ring: bool = False
+    other_plugin: str = None           # --dont_trace --qemu_plugin: another TCG plugin, for comparisons
+    trace_fifo_path: str = None
+    trace_dir: str = None              # --trace_files_per_vcpu
+    traced: bool = True
+    native: bool = False
+    settings: TraceSettings = field(default_factory=TraceSettings)
+    verbose: bool = False
+
+
+@dataclass
+class RunResult:
+    workload_info: str = ""
+    duration_ms: int = 0
+    analysis_output: str = None
+    counters: dict = None
+    workload_problem: str = None   # a crash or non-zero exit, reported after the results
+    trace_files: list = None       # --trace_files_per_vcpu: (path, records) of each file
+    notes: list = field(default_factory=list)
+
+
+def plugin_argument(plugin_path, consumer, settings, control_socket, enabled, counters_path=None):
+    """The one -plugin argument of GMBEOO: where records go, its control channel, the settings."""
+    parts = [str(plugin_path), consumer.plugin_argument, f"control_socket_path={control_socket}",
+             f"enabled={'on' if enabled else 'off'}"]
+    if counters_path is not None:
+        parts.append(f"counters_path={counters_path}")
+    return ",".join(parts + settings.plugin_args())
+
+
+class TraceWindow:
+    """A trace window: opened once the workload is ready, timed from its release, closed when it
+    says `Stop tracing` (or exits, or --timeout passes).
+
+    begin_recording(check) and end_recording(check) -> counters are how this kind of run drives
+    its plugin (through the control channel, the VM paused in full system; or, where the plugin
+    records from QEMU's start and writes its counters at exit, not at all for the beginning).
+    Without a consumer (an untraced run) only the time is taken."""
+
+    def __init__(self, consumer, begin_recording=None, end_recording=None):
+        self.consumer = consumer
+        self._begin_recording = begin_recording
+        self._end_recording = end_recording
+        self._started = None
+
+    def open(self, info_words):
+        """The consumer ready for records (a tool started with the info words), then recording."""
+        if self.consumer is None:
+            return
+        self.consumer.start(info_words)
+        if self._begin_recording is not None:
+            self._begin_recording(self.check)
+
+    def start_clock(self, at=None):
+        """The workload is released now (or was, at `at`: time.monotonic())."""
+        self._started = time.monotonic() if at is None else at
+
+    def elapsed(self):
+        return time.monotonic() - self._started
+
+    def wait(self, finished, timeout=None, on_tick=lambda: None):
+        """Until finished(POLL_SECONDS) says the workload is done, checking between polls that the
+        consumer lives (a dead tool fails the run at once) and calling on_tick (QEMU's liveness,
+        progress). False when timeout seconds since the release passed first."""
+        while not finished(POLL_SECONDS):
+            self.check()
+            on_tick()
+            if timeout is not None and self.elapsed() >= timeout:
+                return False
+        return True
+
+    def check(self):
+        if self.consumer is not None:
+            self.consumer.check()
+
+    def stop_clock(self, result):
+        """tracing_duration_in_milliseconds: from the release to now."""
+        result.duration_ms = int(self.elapsed() * 1000)
+
+    def close(self, result, after_recording=lambda: None):
+        """Recording ended, every record delivered and analysed: the counters, trace files and
+        analysis output go into result. after_recording runs in between (e.g. ending a workload
+        that --timeout stopped)."""
+        if self.consumer is None:
+            after_recording()
+            return
+        result.counters = self._end_recording(self.check)
+        result.trace_files = self.consumer.trace_files()
+        after_recording()
+        result.analysis_output = self.consumer.finish()
