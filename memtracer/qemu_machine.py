@@ -198,7 +198,7 @@ class QemuMachine:
     a context manager so that this happens whatever goes wrong."""
 
     def __init__(self, qemu_binary, image, profile, snapshot, loadvm=True, plugin=None, graphic=False,
-                 known_as=None):
+                 known_as=None, parent_dir=None):
         self.qemu_binary = qemu_binary
         self.image = image
         self.known_as = known_as or image   # the image's name in messages: the user's, not a private copy
@@ -213,6 +213,9 @@ class QemuMachine:
         self.qmp = None
         self._log = None
         self._directory = None
+        # Where the private directory goes: a run passes its own, so that a signal landing
+        # between making the directory and noting it cannot leave it behind.
+        self.parent_dir = parent_dir
 
     def __enter__(self):
         return self
@@ -222,7 +225,7 @@ class QemuMachine:
         return False
 
     def launch(self):
-        self._directory = tempfile.TemporaryDirectory(prefix="memory_tracer-qemu-")
+        self._directory = tempfile.TemporaryDirectory(prefix="qemu-", dir=self.parent_dir)
         os.chmod(self._directory.name, 0o700)
         self.paths = MachinePaths(self._directory.name)
         self.command = qemu_command(self.qemu_binary, os.path.abspath(self.image), self.profile,

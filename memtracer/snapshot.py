@@ -10,6 +10,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 
@@ -37,7 +38,9 @@ def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ra
     """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
     profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp, nic_model=nic_model,
                              qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
-    with QemuMachine(qemu_dir.qemu_system, image_path, profile, snapshot_name, loadvm=False) as qemu, \
+    with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir, \
+            QemuMachine(qemu_dir.qemu_system, image_path, profile, snapshot_name, loadvm=False,
+                        parent_dir=private_dir) as qemu, \
             ExitStack() as channels:
         qemu.launch()
         deadline = time.monotonic() + boot_timeout

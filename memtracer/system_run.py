@@ -203,7 +203,7 @@ class SystemRun:
     def _start_qemu(self):
         self.machine = QemuMachine(self.qemu_dir.qemu_system, self.image, self.profile, self.target.snapshot,
                                    plugin=self._plugin_argument(), graphic=self.target.graphic,
-                                   known_as=self.target.image_path)
+                                   known_as=self.target.image_path, parent_dir=self.private_dir)
         self._cleanup.callback(self.machine.shut_down)
         self.progress.phase(f"loading the snapshot {self.target.snapshot!r}")
         self.machine.launch()

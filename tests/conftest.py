@@ -1,5 +1,6 @@
 """Shared helpers: run the real memory_tracer.py, parse its sections, and check nothing is left behind."""
 import fcntl
+import hashlib
 import os
 import subprocess
 import threading
@@ -20,6 +21,23 @@ GUEST_IMAGE = BUILD / "guest_image" / "memory_tracer_guest.qcow2"
 SNAPSHOT = "ready_for_memory_tracer"
 
 SECTION_HEADERS = ("workload info:", "analysis output:", "trace files:", "trace info:")
+
+
+# Two tiers. A test that runs memory_tracer (it takes the tracer or private_tmp fixture) or QEMU
+# itself (marked `qemu`) is end-to-end; every other one is in the fast tier, which
+# `pytest -m fast tests` runs alone, in seconds.
+END_TO_END_FIXTURES = {"tracer", "private_tmp"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "qemu: the test runs QEMU itself (the end-to-end tier)")
+    config.addinivalue_line("markers", "fast: the fast tier, no QEMU (given to every test that needs none)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not (END_TO_END_FIXTURES & set(item.fixturenames) or item.get_closest_marker("qemu")):
+            item.add_marker(pytest.mark.fast)
 
 
 def pytest_sessionstart(session):
@@ -129,6 +147,13 @@ def user_mode(*args):
 def system(*args, image=GUEST_IMAGE):
     """A full-system run on the built-in image."""
     return [image, SNAPSHOT, QEMU_DIR, *args]
+
+
+def image_fingerprint(image):
+    """The image's bytes and its snapshots: equal before and after means the run changed nothing."""
+    snapshots = subprocess.run([QEMU_DIR / "qemu-img", "snapshot", "-l", "-U", image],
+                               stdout=subprocess.PIPE, text=True, check=True).stdout
+    return hashlib.sha256(image.read_bytes()).hexdigest(), snapshots
 
 
 def processes_mentioning(text):

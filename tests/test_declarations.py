@@ -28,6 +28,14 @@ LAYOUT_PROGRAM = r"""
 #include "gmbe_trace_file.h"
 #include "memory_tracer_markers.h"
 #define SHOW(name, value) printf("%s %llu\n", name, (unsigned long long)(value))
+static void show_bytes(const char *name, const char *bytes)
+{
+    printf("%s ", name);
+    for (int i = 0; i < 8; i++) {
+        printf("%02x", (unsigned char)bytes[i]);
+    }
+    printf("\n");
+}
 int main(void)
 {
     SHOW("record_size", GMBE_RECORD_SIZE);
@@ -54,8 +62,8 @@ int main(void)
     SHOW("ring_tail_offset", offsetof(struct gmbe_ring_header, tail));
     SHOW("ring_data_offset_offset", offsetof(struct gmbe_ring_header, data_offset));
     SHOW("magic", MEMORY_TRACER_MAGIC);
-    printf("trace_magic %s", GMBE_TRACE_MAGIC);
-    printf("ring_magic %s", GMBE_RING_MAGIC);
+    show_bytes("trace_magic", GMBE_TRACE_MAGIC);
+    show_bytes("ring_magic", GMBE_RING_MAGIC);
     return 0;
 }
 """
@@ -131,13 +139,13 @@ def test_record_layout_equals_gmbe_record_h(c_side):
 
 def test_trace_file_and_ring_headers_equal_the_c_side(c_side):
     assert int(c_side["trace_header_size"]) == trace_file.HEADER.size
-    assert c_side["trace_magic"] == trace_file.MAGIC.decode()
+    assert c_side["trace_magic"] == trace_file.MAGIC.hex()
     assert int(c_side["trace_format_version"]) == trace_file.FORMAT_VERSION
     assert int(c_side["setting_unknown"]) == trace_file.UNKNOWN
     # The struct's fields in order: magic, 8 uint32 (the 8th reserved), then the record count.
     assert int(c_side["trace_record_count_offset"]) == 8 + 8 * 4
     assert int(c_side["trace_log_of_tracing_ratio_offset"]) == 8 + 6 * 4
-    assert c_side["ring_magic"] == shm_ring.MAGIC.decode()
+    assert c_side["ring_magic"] == shm_ring.MAGIC.hex()
     assert int(c_side["ring_version"]) == shm_ring.VERSION
     assert int(c_side["ring_head_offset"]) == shm_ring.HEAD_OFFSET
     assert int(c_side["ring_tail_offset"]) == shm_ring.TAIL_OFFSET

@@ -8,11 +8,13 @@ import time
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, SNAPSHOT, TOOLS, analysis_counts, processes_mentioning,
-                      promised_counts)
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, SNAPSHOT, TOOLS, analysis_counts, image_fingerprint,
+                      processes_mentioning, promised_counts)
 from memtracer.guest_channel import GuestChannel
 from memtracer.guest_image import make_boot_disk, make_initramfs, unpack_busybox, unpack_kernel
 from memtracer.layout import GUEST_RUNNER
+
+pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer
 
 OWN_INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -54,7 +56,13 @@ def save_snapshot_by_hand(image, work):
 
 
 @pytest.fixture(scope="module")
-def own_image(tmp_path_factory):
+def builtin_image_before():
+    """The built-in image as it was before this module's own image was made and run."""
+    return image_fingerprint(GUEST_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def own_image(tmp_path_factory, builtin_image_before):
     work = tmp_path_factory.mktemp("own_image")
     _, vmlinuz, _ = unpack_kernel(work)
     initrd = make_initramfs(unpack_busybox(work), GUEST_RUNNER, {}, OWN_INIT)
@@ -86,10 +94,6 @@ def test_own_image_with_the_wrong_ram_size_says_what_to_pass(tracer, own_image):
                                   "--guest_RAM_in_MBs with the size it was saved with")
 
 
-def test_builtin_image_is_not_touched_by_own_image_runs(own_image):
-    assert GUEST_IMAGE.exists() and own_image.parent != GUEST_IMAGE.parent
-
-
 def test_own_image_with_another_vcpu_count_says_so(tracer, own_image):
     run = tracer(own_image, SNAPSHOT, QEMU_DIR, "--guest_RAM_in_MBs", RAM_MB, "--smp", "2",
                  "--workload_path_on_guest", "/bin/true", "--dont_trace")
@@ -97,3 +101,9 @@ def test_own_image_with_another_vcpu_count_says_so(tracer, own_image):
     assert len(run.stderr.strip().splitlines()) == 1
     assert "saved with another QEMU configuration (machine type, devices or -smp)" in run.stderr
     assert processes_mentioning("qemu-system-x86_64") == []
+
+
+def test_builtin_image_is_not_touched_by_own_image_runs(own_image, builtin_image_before):
+    # Last in this module: after the own image was made, snapshotted and run several times.
+    assert own_image.parent != GUEST_IMAGE.parent
+    assert image_fingerprint(GUEST_IMAGE) == builtin_image_before

@@ -9,6 +9,8 @@ from memtracer.errors import ControlChannelError
 from memtracer.plugin_control import ControlChannel
 from memtracer.workload import ProtocolSession
 
+pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer
+
 
 @pytest.fixture
 def paused_workload(tmp_path):

@@ -1,6 +1,5 @@
 """End to end in full-system mode: the real qemu-system-x86_64 on the built-in guest image, its
 snapshot, the guest runner, the GMBEOO plugin, real FIFOs and analysis tools."""
-import hashlib
 import json
 import os
 import shutil
@@ -10,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
-                      buffer_range, parse_sections, processes_mentioning,
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, analysis_counts,
+                      buffer_range, image_fingerprint, parse_sections, processes_mentioning,
                       promised_counts, system, trace_info, trace_into_fifo_reader)
 from memtracer import record
 
@@ -52,24 +51,6 @@ def test_cpl3_filter_leaves_no_kernel_record(tracer):
     assert_known_accesses_seen(run, counts)
     assert counts["cpl_0"] == counts["cpl_1"] == counts["cpl_2"] == 0
     assert counts["cpl_3"] == counts["num_of_records"] == info["num_of_GMBE_events_since_enabling_GMBEOO"]
-
-
-def test_sampling_edge_cases_are_exact(tracer):
-    for block, ratio, expected in ((0, 64, 1), (3, 61, 8)):
-        _, counts, info = traced(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1",
-                                 "--log_of_GMBE_block_len", block, "--log_of_GMBE_tracing_ratio", ratio)
-        assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"] == expected
-        assert info["num_of_GMBE_events_since_enabling_GMBEOO"] > 10000
-
-
-def test_sampling_one_block_in_sixteen(tracer):
-    _, counts, info = traced(tracer, "--workload_path_on_host", MEM_LOOP, "--workload_args", "256 1",
-                             "--log_of_GMBE_block_len", 3, "--log_of_GMBE_tracing_ratio", 4)
-    events = info["num_of_GMBE_events_since_enabling_GMBEOO"]
-    full, rest = divmod(events, 128)
-    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"] == full * 8 + min(rest, 8)
-
-
 def test_records_through_trace_fifo_path(tracer, tmp_path):
     run, reader = trace_into_fifo_reader(tracer, tmp_path, system("--workload_path_on_host", KNOWN, PROTOCOL))
     assert run.returncode == 0, run.stderr
@@ -107,45 +88,6 @@ def test_missing_workload_on_guest_is_one_clear_line(tracer):
     run = tracer(*system("--workload_path_on_guest", "/no/such/program", "--dont_trace"))
     assert run.returncode == 1
     assert run.stderr.strip() == "cannot run /no/such/program in the guest: No such file or directory"
-
-
-def test_info_words_reach_the_analysis_tool_as_argv(tracer):
-    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL,
-                         "--analysis_tool_path", TEST_TOOLS / "echo_args.py"))
-    assert run.returncode == 0, run.stderr
-    sections = parse_sections(run.stdout)
-    assert sections["analysis output"].split() == sections["workload info"].split()
-    assert len(sections["workload info"].split()) == 14
-
-
-def test_timeout_stops_the_workload_and_keeps_its_records(tracer):
-    run, counts, info = traced(tracer, "--workload_path_on_host", PROGRAMS / "spin_forever", "--timeout", 2)
-    assert "--timeout 2 s" in run.stderr
-    assert parse_sections(run.stdout)["tracing_duration"] >= 2000
-    assert counts["num_of_records"] > 0
-    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
-
-
-def test_crashing_workload_is_reported_after_its_trace(tracer):
-    run = tracer(*system("--workload_path_on_host", PROGRAMS / "crash_after_work", "--analysis_tool_path", COUNT,
-                 "--strict_exit_status"))
-    assert run.returncode == 3
-    assert "killed by SIGSEGV" in run.stderr
-    assert analysis_counts(run.stdout)["stores"] >= 4096
-
-
-def test_untraced_run_prints_info_and_duration_only(tracer):
-    run = tracer(*system("--workload_path_on_host", KNOWN, PROTOCOL, "--dont_trace", "--print_trace_info"))
-    assert run.returncode == 0, run.stderr
-    assert set(parse_sections(run.stdout)) == {"workload info", "tracing_duration"}
-    assert promised_counts(run.stdout)["store_8_unsigned"] == 111
-
-
-def image_fingerprint(image):
-    snapshots = subprocess.run([QEMU_DIR / "qemu-img", "snapshot", "-l", "-U", image],
-                               stdout=subprocess.PIPE, text=True, check=True).stdout
-    return hashlib.sha256(image.read_bytes()).hexdigest(), snapshots
-
 
 def test_ten_runs_in_a_row_leave_the_image_unchanged(tracer, private_tmp):
     before = image_fingerprint(GUEST_IMAGE)

@@ -4,6 +4,8 @@ import os
 import pytest
 
 from conftest import PROGRAMS, QEMU_DIR, TOOLS
+from memtracer.cli import build_parser, validate
+from memtracer.errors import BadInputError
 
 KNOWN = str(PROGRAMS / "known_accesses")
 COUNT = str(TOOLS / "count")
@@ -46,25 +48,40 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args,message", CASES)
-def test_bad_value_is_named_in_one_line(tracer, tmp_path, args, message):
+def validation_error(*argv):
+    """The one line that validation gives for argv, called directly (the fast tier: no process)."""
+    parser = build_parser()
+    args = parser.parse_args(list(map(str, argv)))
+    with pytest.raises(BadInputError) as error:
+        validate(parser, args)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("args,message", CASES + [
+    (["--workload_path_on_host", KNOWN, "--dont_trace", "--guest_RAM_in_MBs", "0"],
+     "guest_RAM_in_MBs must be a positive number of MiB, but 0 isn't."),
+    (["--workload_path_on_host", KNOWN, "--dont_trace", "--timeout", "-2"],
+     "timeout must be a positive number of seconds, but -2 isn't."),
+])
+def test_bad_value_is_named_in_one_line(tmp_path, args, message):
+    assert validation_error(*positional(tmp_path), *args) == message
+
+
+def test_guest_image_must_be_a_file():
+    assert (validation_error("no_image.qcow2", "snap", QEMU_DIR, "--workload_path_on_host", KNOWN, "--dont_trace")
+            == "guest_image_path must be a file path, but no_image.qcow2 isn't.")
+
+
+def test_qemu_dir_must_be_a_dir(tmp_path):
+    assert (validation_error(positional(tmp_path)[0], "snap", KNOWN, "--workload_path_on_host", KNOWN, "--dont_trace")
+            == f"qemu_with_GMBEOO_path must be a dir path, but {KNOWN} isn't.")
+
+
+def test_the_real_process_says_one_line_and_starts_nothing(tracer, tmp_path):
+    # Through the real memory_tracer.py once: the line alone on stderr, status 1, no output.
+    args, message = CASES[0]
     run = tracer(*positional(tmp_path), *args)
-    assert run.returncode != 0
-    assert run.stderr.strip() == message
-    assert run.stdout == ""
-
-
-def test_guest_image_must_be_a_file(tracer):
-    run = tracer("no_image.qcow2", "snap", str(QEMU_DIR), "--workload_path_on_host", KNOWN, "--dont_trace")
-    assert run.returncode != 0
-    assert run.stderr.strip() == "guest_image_path must be a file path, but no_image.qcow2 isn't."
-
-
-def test_qemu_dir_must_be_a_dir(tracer, tmp_path):
-    image = positional(tmp_path)[0]
-    run = tracer(image, "snap", KNOWN, "--workload_path_on_host", KNOWN, "--dont_trace")
-    assert run.returncode != 0
-    assert run.stderr.strip() == f"qemu_with_GMBEOO_path must be a dir path, but {KNOWN} isn't."
+    assert (run.returncode, run.stderr, run.stdout) == (1, message + "\n", "")
 
 
 def test_dont_use_qemu_does_not_check_dummy_positionals(tracer):
@@ -80,10 +97,11 @@ def test_dont_use_qemu_does_not_check_dummy_positionals(tracer):
     ["--workload_path_on_host", KNOWN, "--dont_trace", "--timeout", "1",
      "--dont_add_communications_with_host_to_workload"],
 ])
-def test_argparse_groups_exit_with_2(tracer, tmp_path, args):
-    run = tracer(*positional(tmp_path), *args)
-    assert run.returncode == 2
-    assert "error:" in run.stderr and "Traceback" not in run.stderr
+def test_argparse_groups_exit_with_2(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as exit_status:
+        build_parser().parse_args(list(map(str, positional(tmp_path) + args)))
+    assert exit_status.value.code == 2
+    assert "error:" in capsys.readouterr().err
 
 
 def test_positionals_are_required_outside_user_mode(tracer):
