@@ -6,6 +6,7 @@ import shlex
 import signal
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
@@ -338,6 +339,9 @@ def main(argv=None):
                         format="memory_tracer: %(message)s", stream=sys.stderr)
     for noisy in ("qemu.qmp", "asyncio", "paramiko"):   # their protocol dumps drown ours
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    # Ctrl-C or SIGTERM during a QMP command leaves qemu.qmp's coroutine unawaited; the run
+    # still ends cleanly, and Python's warning about it would only bury our one line.
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
         with sigterm_as_interrupt():
             request, qemu_dir, target = validate(parser, args)

@@ -117,9 +117,13 @@ class SystemRun:
         stopped = window.wait(lambda poll: self._stopped(session, poll), self.request.timeout,
                               on_tick=lambda: self._still_running(window))
         window.stop_clock(self.result)
-        if self.consumer is not None:
-            self.progress.phase("delivering the last records and collecting the analysis output")
-        window.close(self.result, after_recording=(lambda: None) if stopped else self.process.kill_workload)
+
+        def after_recording():
+            if not stopped:
+                self.process.kill_workload()
+            if self.consumer is not None:
+                self.progress.phase("delivering the last records and collecting the analysis output")
+        window.close(self.result, after_recording)
         if stopped:
             self.result.workload_problem = session.finish(FINISH_GRACE_SECONDS)
         else:
