@@ -11,7 +11,8 @@ import sys
 # `python3 -I` leaves the script's folder out of sys.path; the memtracer package is there.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from memtracer import bootstrap, environment  # noqa: E402  (standard library only)
+from memtracer import environment  # noqa: E402  (standard library only, as is memtracer.build.bootstrap)
+from memtracer.build import bootstrap  # noqa: E402
 from memtracer.errors import MemoryTracerError  # noqa: E402
 from memtracer.layout import MAX_SMP  # noqa: E402
 
@@ -38,7 +39,7 @@ def build(args):
         environment.make_project_environment(bootstrap.step, bootstrap.run)
     if not environment.in_project_environment():
         environment.reexecute_in_project_environment(os.path.abspath(__file__))
-    from memtracer.machine_setup import build_everything, run_tests
+    from memtracer.build.machine_setup import build_everything, run_tests
     build_everything(args.remake_guest_image, args.smp)
     return run_tests(args.pytest_args) if args.run_tests else 0
 

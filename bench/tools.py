@@ -19,8 +19,8 @@ from memtracer.environment import use_project_environment  # noqa: E402
 use_project_environment()   # any python3 runs it inside build/venv
 
 from memtracer.layout import ANALYSIS_TOOLS_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT  # noqa: E402
-from memtracer.trace_file import read_batches  # noqa: E402
-from memtracer.trace_fifo import F_SETPIPE_SZ  # noqa: E402
+from memtracer.trace.trace_file import read_batches  # noqa: E402
+from memtracer.trace.fifo import F_SETPIPE_SZ  # noqa: E402
 
 PYTHON_COUNT = REPO / "analysis_tools" / "python" / "count.py"
 WORKLOAD = "sort -r /proc/kallsyms -o /tmp/sorted"

@@ -22,7 +22,7 @@ Run it like any tool: by memory_tracer (`--analysis_tool_path tool.py`), or on a
 progress on stderr. Options are declared in `options` ({name: default}) and given as
 `--name value`, `--name=value` or `name=value`; other words are the workload info (`self.info`).
 Under memory_tracer with --shared_memory_ring, argv[1] is a shared-memory ring instead of a FIFO
-(memtracer.shm_ring); the tool does not need to know.
+(memtracer.trace.shm_ring); the tool does not need to know.
 
 Every record format reaches process() as RECORD_DTYPE's 16-byte records (compact ones widened,
 extended ones narrowed), or, for a tool that sets `extended = True`, with extended records as
@@ -45,14 +45,15 @@ use_project_environment()   # a tool started by any python3 runs inside build/ve
 
 import numpy as np  # noqa: E402
 
+from .layout import BUILD_DIR  # noqa: E402
+from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY  # noqa: E402
 from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, RECORD_FORMATS, as_records,  # noqa: E402
                      is_marker, marker_kinds, narrow_extended)
-from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY  # noqa: E402
-from .shm_ring import ShmRingReader, is_ring  # noqa: E402
-from .trace_file import TraceHeader, read_batches  # noqa: E402
+from .trace.shm_ring import ShmRingReader, is_ring  # noqa: E402
+from .trace.trace_file import TraceHeader, read_batches  # noqa: E402
 
 READ_BYTES = 1 << 20
-CFFI_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "cffi")
+CFFI_CACHE = str(BUILD_DIR / "cffi")
 
 
 class AnalysisTool:

@@ -10,12 +10,12 @@ import warnings
 from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
-from .host_run import HostRun
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
-from .report import format_report
-from .run import RunRequest
-from .system_run import GuestTarget, SystemRun
-from .trace_fifo import is_fifo
+from .run.host import HostRun
+from .run.report import format_report
+from .run.system import GuestTarget, SystemRun
+from .run.window import RunRequest
+from .trace.fifo import is_fifo
 from .trace_settings import TraceSettings, add_setting_arguments
 
 EXIT_ERROR = 1
@@ -295,7 +295,7 @@ def _system_run_plan(args, settings, workload_args):
     if args.ssh_key is not None:
         _require("file", "ssh_key", args.ssh_key)
         # Imported here: paramiko takes ~0.1 s to import, which only runs with --ssh_key should pay.
-        from .ssh_transport import load_private_key
+        from .qemu.ssh_transport import load_private_key
         load_private_key(args.ssh_key)   # a bad key fails now, before QEMU starts
     qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system", "qemu_img")
     image_path = os.path.abspath(args.guest_image_path)

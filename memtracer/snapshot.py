@@ -19,9 +19,9 @@ from .environment import use_project_environment
 use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 runs inside build/venv
 
 from .errors import MemoryTracerError, QemuError  # noqa: E402
-from .guest_channel import GuestChannel  # noqa: E402
 from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
-from .qemu_machine import PINNED_MACHINE, VIRTIO_PORT_NAME, MachineProfile, QemuMachine  # noqa: E402
+from .qemu.guest_channel import GuestChannel  # noqa: E402
+from .qemu.machine import PINNED_MACHINE, VIRTIO_PORT_NAME, MachineProfile, QemuMachine  # noqa: E402
 
 BOOT_TIMEOUT_SECONDS = 300
 SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised

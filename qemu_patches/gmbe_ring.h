@@ -7,7 +7,7 @@
  * head counts the records ever written, tail those ever consumed; each side
  * writes only its own counter, so no lock and no system call is needed while
  * the stream flows. An empty ring makes the consumer poll, a full one makes
- * the producer poll (20 us sleeps). memtracer/shm_ring.py is the Python side.
+ * the producer poll (20 us sleeps). memtracer/trace/shm_ring.py is the Python side.
  */
 #ifndef GMBE_RING_H
 #define GMBE_RING_H

@@ -4,7 +4,7 @@
  *
  * A 64-byte header, then the 16-byte records of gmbe_record.h as one zstd
  * stream (chosen by measurement: at level 1 zstd compressed traces 24x at
- * 67 M records/s, lz4 6.7x at 50 M records/s). memtracer/trace_file.py reads it
+ * 67 M records/s, lz4 6.7x at 50 M records/s). memtracer/trace/trace_file.py reads it
  * in Python.
  */
 #ifndef GMBE_TRACE_FILE_H

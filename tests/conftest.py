@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from memtracer.trace_fifo import F_GETPIPE_SZ
+from memtracer.trace.fifo import F_GETPIPE_SZ
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PROGRAMS, REPO, TOOLS, analysis_counts, parse_sections, system, trace_info, user_mode
 from memtracer.record import CPL_SHIFT, RECORD_DTYPE, STORE_BIT, VALID_BYTE
-from memtracer.trace_file import TraceHeader, read_batches
+from memtracer.trace.trace_file import TraceHeader, read_batches
 
 PYTHON_TOOLS = REPO / "analysis_tools" / "python"
 

@@ -9,10 +9,11 @@ from dataclasses import fields
 import pytest
 
 from conftest import REPO
-from memtracer import protocol, record, shm_ring, trace_file
+from memtracer import protocol, record
+from memtracer.trace import shm_ring, trace_file
 from memtracer.layout import MAX_SMP
-from memtracer.qemu_machine import VIRTIO_PORT_NAME
-from memtracer.run import RUN_PLUGIN_KEYS
+from memtracer.qemu.machine import VIRTIO_PORT_NAME
+from memtracer.run.window import RUN_PLUGIN_KEYS
 from memtracer.trace_settings import TraceSettings
 
 PLUGIN = (REPO / "qemu_patches" / "gmbeoo.c").read_text()

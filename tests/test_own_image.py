@@ -10,8 +10,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, SNAPSHOT, TOOLS, analysis_counts, image_fingerprint,
                       processes_mentioning, promised_counts)
-from memtracer.guest_channel import GuestChannel
-from memtracer.guest_image import make_boot_disk, make_initramfs, unpack_busybox, unpack_kernel
+from memtracer.qemu.guest_channel import GuestChannel
+from memtracer.build.guest_image import make_boot_disk, make_initramfs, unpack_busybox, unpack_kernel
 from memtracer.layout import GUEST_RUNNER
 
 pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import PROGRAMS, QEMU_DIR
 from memtracer.errors import ControlChannelError
-from memtracer.plugin_control import ControlChannel
-from memtracer.workload import ProtocolSession
+from memtracer.qemu.plugin_control import ControlChannel
+from memtracer.run.workload import ProtocolSession
 
 pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer
 

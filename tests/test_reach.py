@@ -13,7 +13,7 @@ import pytest
 from conftest import (BUILD, PROGRAMS, REPO, TEST_TOOLS, TOOLS, parse_sections, processes_mentioning,
                       promised_counts, system, user_mode)
 from memtracer.record import CPL_SHIFT, STORE_BIT, is_marker
-from memtracer.trace_file import TraceHeader, read_batches
+from memtracer.trace.trace_file import TraceHeader, read_batches
 
 MARKED_LOOP = PROGRAMS / "marked_loop"
 ITERATIONS = 5000

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
                       image_fingerprint, processes_mentioning, system, trace_info)
-from memtracer.guest_channel import ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, encode_frame
+from memtracer.qemu.guest_channel import ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, encode_frame
 
 KNOWN = PROGRAMS / "known_accesses"
 PROTOCOL = "--dont_add_communications_with_host_to_workload"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TOOLS
-from memtracer.bootstrap import APT_SOURCES_FILE, BACKPORTS_PACKAGES, BUILD_PACKAGES
+from memtracer.build.bootstrap import APT_SOURCES_FILE, BACKPORTS_PACKAGES, BUILD_PACKAGES
 from memtracer.record import CPL_SHIFT, RECORD_DTYPE, STORE_BIT, VALID_BYTE
 from memtracer.environment import VENV_DIR, VENV_PYTHON, missing_modules
 

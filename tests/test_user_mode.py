@@ -6,7 +6,7 @@ import numpy as np
 from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, parse_sections,
                       promised_counts, trace_info, trace_into_fifo_reader, user_mode)
 from memtracer import record
-from memtracer.trace_fifo import pipe_max_size
+from memtracer.trace.fifo import pipe_max_size
 
 COUNT = TOOLS / "count"
 KNOWN = PROGRAMS / "known_accesses"

@@ -7,7 +7,7 @@
  * The CRC (zlib's CRC-32) covers type, length and payload. A receiver scans for
  * the magic, so console noise between frames is skipped; a frame whose CRC
  * fails is answered with NAK and the sender sends it again.
- * memtracer/guest_channel.py is the host's side of the same format.
+ * memtracer/qemu/guest_channel.py is the host's side of the same format.
  */
 #ifndef GUEST_CHANNEL_H
 #define GUEST_CHANNEL_H

@@ -10,8 +10,8 @@ import threading
 
 import pexpect
 
-from .errors import AnalysisToolError
-from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY
+from ..errors import AnalysisToolError
+from ..protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY
 
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from contextlib import ExitStack
 
 import pexpect
 
-from .consumer import make_consumer
-from .errors import ControlChannelError, QemuError
-from .plugin_control import ControlChannel, parse_counters
-from .run import RunResult, TraceWindow, plugin_argument
+from ..errors import ControlChannelError, QemuError
+from ..qemu.plugin_control import ControlChannel, parse_counters
+from ..trace.consumer import make_consumer
+from .window import RunResult, TraceWindow, plugin_argument
 from .workload import ProtocolSession, exit_problem, script_interpreter
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import BuildError
+from ..errors import BuildError
 
 MIN_QEMU_MAJOR = 10
 

@@ -16,15 +16,15 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from .builtin_image import build_smp_guest_image
-from .consumer import make_consumer
-from .errors import BadInputError, QemuError, WorkloadError
-from .guest_channel import GuestChannel
+from ..build.builtin_image import build_smp_guest_image
+from ..errors import BadInputError, QemuError, WorkloadError
+from ..qemu.guest_channel import GuestChannel
+from ..qemu.machine import CONTROL_SOCKET, MachineProfile, QemuMachine, has_display
+from ..qemu.plugin_control import ControlChannel
+from ..trace.consumer import make_consumer
 from .monitor import MonitorTracing, monitor_session
-from .plugin_control import ControlChannel
 from .progress import Progress
-from .qemu_machine import CONTROL_SOCKET, MachineProfile, QemuMachine, has_display
-from .run import RunResult, TraceWindow, plugin_argument
+from .window import RunResult, TraceWindow, plugin_argument
 from .workload import ProtocolSession
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class SystemRun:
         return path
 
     def _place_workload_with_sftp(self):
-        from .ssh_transport import SshTransport   # here: importing paramiko costs every run ~0.1 s
+        from ..qemu.ssh_transport import SshTransport   # here: importing paramiko costs every run ~0.1 s
         self.progress.phase("connecting to the guest's SSH server")
         started = time.monotonic()
         ssh = SshTransport(self.machine, self.target.ssh_key, self.target.ssh_user).connect()

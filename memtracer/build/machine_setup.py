@@ -1,4 +1,4 @@
-"""What build.py does inside the project's environment, once memtracer.bootstrap has installed the
+"""What build.py does inside the project's environment, once memtracer.build.bootstrap has installed the
 Debian packages and memtracer.environment the Python ones: build every part, from lists.
 
 Every step checks first and does nothing when its result is already there, so a second run is quick.
@@ -12,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..errors import BuildError
+from ..layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
+                     DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR)
+from ..qemu.machine import MachineProfile
 from .bootstrap import MIN_QEMU_MAJOR, dpkg_version, run, step
 from .builtin_image import build_smp_guest_image, make_into_place, out_of_date
-from .errors import BuildError
 from .guest_image import SSH_KEY, build_disk_image
-from .layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR,
-                     DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR, GUEST_PROGRAMS_DIR, GUEST_RUNNER, REPO_DIR)
-from .qemu_machine import MachineProfile
 
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
@@ -162,7 +162,7 @@ def guest_image_up_to_date(qemu_version):
         return False
     # The sidecar, not the image: QEMU touches the image file whenever it runs on it.
     if out_of_date(sidecar, [GUEST_RUNNER, *GUEST_IMAGE_SOURCES, *guest_program_paths(), SSH_KEY,
-                             REPO_DIR / "memtracer" / "guest_image.py"]):
+                             Path(__file__).with_name("guest_image.py")]):
         return False
     saved = json.loads(sidecar.read_text())
     return saved.get("qemu_version") == qemu_version and saved.get("snapshot") == DEFAULT_SNAPSHOT

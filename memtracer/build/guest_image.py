@@ -10,8 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import BuildError
-from .layout import GUEST_IMAGE_DIR, REPO_DIR
+from ..errors import BuildError
+from ..layout import GUEST_IMAGE_DIR, REPO_DIR
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"

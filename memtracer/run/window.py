@@ -6,7 +6,7 @@ trace_start / trace_stop all open and close their windows through it."""
 import time
 from dataclasses import dataclass, field
 
-from .trace_settings import TraceSettings
+from ..trace_settings import TraceSettings
 
 # The plugin arguments a run adds to those of its settings: where records go, how it is driven.
 RUN_PLUGIN_KEYS = ("trace_fifo_path", "trace_shm_path", "trace_dir", "control_socket_path", "counters_path",

@@ -17,7 +17,7 @@ import zlib
 
 import pexpect.fdpexpect
 
-from .errors import QemuError, WorkloadError
+from ..errors import QemuError, WorkloadError
 from .unix_socket import connect_when_listening
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 
-from .record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
+from ..record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 
 MAGIC = b"GMBERNG\n"
 VERSION = 1

@@ -19,8 +19,8 @@ from pathlib import Path
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from .errors import BadInputError, QemuError
-from .layout import DEFAULT_GUEST_RAM_MB
+from ..errors import BadInputError, QemuError
+from ..layout import DEFAULT_GUEST_RAM_MB
 
 log = logging.getLogger(__name__)
 

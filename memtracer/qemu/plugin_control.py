@@ -3,7 +3,7 @@
 One text line per command, one reply line: `ok [key=value ...]` or `error <message>`."""
 import socket
 
-from .errors import ControlChannelError
+from ..errors import ControlChannelError
 from .unix_socket import connect_when_listening
 
 POLL_SECONDS = 0.25

@@ -4,11 +4,11 @@ import fcntl
 import json
 from pathlib import Path
 
-from .bootstrap import run, step
-from .layout import (DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR,
+from ..layout import (DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, GUEST_IMAGE_DIR,
                      QemuDir, builtin_guest_image)
-from .qemu_machine import MachineProfile
-from .snapshot import save_ready_snapshot
+from ..qemu.machine import MachineProfile
+from ..snapshot import save_ready_snapshot
+from .bootstrap import run, step
 
 BUILTIN_NIC_MODEL = "virtio-net-pci"   # the cloud kernel drives virtio-net, not the default e1000
 

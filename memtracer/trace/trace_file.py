@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from .record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
+from ..record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 
 MAGIC = b"GMBETRC\n"
 FORMAT_VERSION = 1

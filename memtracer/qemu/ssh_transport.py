@@ -15,7 +15,7 @@ import time
 
 import paramiko
 
-from .errors import BadInputError, QemuError
+from ..errors import BadInputError, QemuError
 
 log = logging.getLogger(__name__)
 

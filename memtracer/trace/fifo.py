@@ -8,7 +8,7 @@ import struct
 import termios
 import time
 
-from .errors import TraceFifoError
+from ..errors import TraceFifoError
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)

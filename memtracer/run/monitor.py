@@ -10,9 +10,9 @@ whole), except memory_tracer's own commands, which control tracing while the gue
 """
 import sys
 
-from .errors import MemoryTracerError
+from ..errors import MemoryTracerError
 from .report import format_report
-from .run import RunResult
+from .window import RunResult
 
 PROMPT = "(qemu) "
 HELP = """\

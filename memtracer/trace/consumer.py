@@ -7,11 +7,11 @@ import sys
 import tempfile
 import time
 
-from .tool_process import ToolProcess
-from .errors import AnalysisToolError
+from ..errors import AnalysisToolError
+from .fifo import TraceFifo
 from .shm_ring import ShmRing, create_ring
+from .tool_process import ToolProcess
 from .trace_file import TraceHeader
-from .trace_fifo import TraceFifo
 
 log = logging.getLogger(__name__)
 

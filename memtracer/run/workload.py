@@ -9,8 +9,8 @@ import time
 
 import pexpect
 
-from .errors import WorkloadError
-from .protocol import WORKLOAD_INFO_BEGIN, WORKLOAD_INFO_END, WORKLOAD_READY, WORKLOAD_STOP
+from ..errors import WorkloadError
+from ..protocol import WORKLOAD_INFO_BEGIN, WORKLOAD_INFO_END, WORKLOAD_READY, WORKLOAD_STOP
 
 
 
