@@ -22,7 +22,7 @@ def paused_workload(tmp_path):
     child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", plugin, str(PROGRAMS / "known_accesses"), "linger"],
                           echo=False, encoding="utf-8", timeout=30)
     reader = pexpect.spawn("/bin/sh", ["-c", f"wc -c < {fifo}"], encoding="utf-8", timeout=30)
-    control = ControlChannel(socket_path).connect(30, child.isalive)
+    control = ControlChannel(socket_path).connect(child.isalive)
     yield child, control, reader
     control.close()
     child.close(force=True)

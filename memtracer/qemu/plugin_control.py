@@ -7,6 +7,7 @@ from ..errors import ControlChannelError
 from .unix_socket import connect_when_listening
 
 POLL_SECONDS = 0.25
+CONNECT_TIMEOUT_SECONDS = 30   # from QEMU's start to the plugin listening
 
 
 class ControlChannel:
@@ -15,7 +16,7 @@ class ControlChannel:
         self._sock = None
         self._pending = b""
 
-    def connect(self, timeout, qemu_alive):
+    def connect(self, qemu_alive, timeout=CONNECT_TIMEOUT_SECONDS):
         """Connect once the plugin listens; QEMU dying or the timeout ends the wait with an error."""
         try:
             self._sock = connect_when_listening(self.socket_path, timeout, qemu_alive)

@@ -23,8 +23,6 @@ from .workload import ProtocolSession, exit_problem, script_interpreter
 
 log = logging.getLogger(__name__)
 
-CONTROL_CONNECT_TIMEOUT_SECONDS = 30
-FINISH_GRACE_SECONDS = 10   # after `Stop tracing`, for the workload to exit by itself
 
 
 class HostRun:
@@ -72,7 +70,7 @@ class HostRun:
 
     def _connect_control(self, qemu_alive):
         self.control = ControlChannel(self._path("control.sock"))
-        self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, qemu_alive)
+        self.control.connect(qemu_alive)
         return self.control
 
     def _final_counters(self, command, exit_code, workload_output):
@@ -142,7 +140,7 @@ class HostRun:
         window.wait(lambda poll: session.wait_for_stop(timeout=poll))
         window.stop_clock(self.result)
         window.close(self.result)
-        self.result.workload_problem = session.finish(FINISH_GRACE_SECONDS)
+        self.result.workload_problem = session.finish()
 
     def _end_recording(self, command, child, check):
         """Stop recording and deliver every record; returns the counters."""

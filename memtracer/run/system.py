@@ -23,6 +23,7 @@ from ..qemu.machine import CONTROL_SOCKET, MachineProfile, QemuMachine, has_disp
 from ..qemu.plugin_control import ControlChannel
 from ..trace.consumer import make_consumer
 from .monitor import MonitorTracing, monitor_session
+from .placement import REQUEST_TIMEOUT_SECONDS, place_workload
 from .progress import Progress
 from .window import RunResult, TraceWindow, plugin_argument
 from .workload import ProtocolSession
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 
 RUNNER_ANSWER_TIMEOUT_SECONDS = 30
 OTHER_PORT_PATIENCE_SECONDS = 5    # for a faster port that may not be there, before the serial one
-CONTROL_CONNECT_TIMEOUT_SECONDS = 30
-REQUEST_TIMEOUT_SECONDS = 30
-SERIAL_BYTES_PER_SECOND = 20_000   # pessimistic, for the transfer's timeout only
-FINISH_GRACE_SECONDS = 10          # after `Stop tracing`, for the workload to exit by itself
 
 
 @dataclass
@@ -125,10 +122,10 @@ class SystemRun:
                 self.progress.phase("delivering the last records and collecting the analysis output")
         window.close(self.result, after_recording)
         if stopped:
-            self.result.workload_problem = session.finish(FINISH_GRACE_SECONDS)
+            self.result.workload_problem = session.finish()
         else:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
-            session.finish(FINISH_GRACE_SECONDS)
+            session.finish()
         self.progress.stop()
         return self.result
 
@@ -139,7 +136,10 @@ class SystemRun:
         self.timings["loadvm"] = time.monotonic() - started
         self.channel = self._reach_runner()
         self.timings["runner_answered"] = time.monotonic() - started
-        workload_path = self._place_workload()
+        placing = time.monotonic()
+        workload_path = place_workload(self.target, self.channel, self.machine, self.progress)
+        if self.target.workload_path_on_host is not None or self.target.workload_files is not None:
+            self.timings["transfer"] = time.monotonic() - placing
         self.process = self.channel.run([workload_path, *self.target.workload_args],
                                         wrap=not self.request.follow_protocol, timeout=REQUEST_TIMEOUT_SECONDS)
         self._cleanup.callback(self.process.close)
@@ -216,7 +216,7 @@ class SystemRun:
                                f"the run lasts (e.g. `vncviewer {self.machine.paths.vnc}`)")
         if self.request.traced:
             self.control = ControlChannel(self.machine.paths.control)
-            self.control.connect(CONTROL_CONNECT_TIMEOUT_SECONDS, self.machine.is_alive)
+            self.control.connect(self.machine.is_alive)
             self._cleanup.callback(self.control.close)
 
     def _reach_runner(self):
@@ -234,46 +234,6 @@ class SystemRun:
         raise QemuError(f"the guest runner did not answer within {RUNNER_ANSWER_TIMEOUT_SECONDS} s of loading "
                         f"the snapshot {self.target.snapshot!r}: is the runner running in that snapshot? "
                         "(see the README: preparing your own image)")
-
-    def _place_workload(self):
-        if self.target.ssh_key is not None:
-            return self._place_workload_with_sftp()
-        if self.target.workload_path_on_guest is not None:
-            return self.target.workload_path_on_guest
-        with open(self.target.workload_path_on_host, "rb") as f:
-            data = f.read()
-        serial = self.channel.name == "serial port"
-        size_kb = len(data) / 1000
-        self.progress.phase(f"sending the workload ({size_kb:.0f} KB) over the {self.channel.name}")
-        started = time.monotonic()
-
-        def show(sent, total):
-            self.progress.update(f"sending the workload over the {self.channel.name}: "
-                                 f"{100 * sent // max(total, 1)}% of {total / 1000:.0f} KB")
-        timeout = REQUEST_TIMEOUT_SECONDS + len(data) / SERIAL_BYTES_PER_SECOND
-        path = self.channel.send_workload(data, compress=serial, timeout=timeout, progress=show)
-        self.timings["transfer"] = time.monotonic() - started
-        log.debug("sent %d bytes over the %s in %.3f s", len(data), self.channel.name, self.timings["transfer"])
-        return path
-
-    def _place_workload_with_sftp(self):
-        from ..qemu.ssh_transport import SshTransport   # here: importing paramiko costs every run ~0.1 s
-        self.progress.phase("connecting to the guest's SSH server")
-        started = time.monotonic()
-        ssh = SshTransport(self.machine, self.target.ssh_key, self.target.ssh_user).connect()
-        self._cleanup.callback(ssh.close)
-        if self.target.workload_files is not None:
-            self.progress.phase("sending the workload files with SFTP")
-            placed = ssh.send(self.target.workload_files, "workload")
-            log.debug("workload files: %s -> %s", self.target.workload_files, placed)
-        path = self.target.workload_path_on_guest
-        if self.target.workload_path_on_host is not None:
-            self.progress.phase("sending the workload with SFTP")
-            path = ssh.send(self.target.workload_path_on_host, "workload_runner")
-        self.timings["transfer"] = time.monotonic() - started
-        log.debug("SFTP transfer took %.3f s; the workload is %s on the guest", self.timings["transfer"], path)
-        ssh.close()
-        return path
 
     def _stopped(self, session, poll):
         """Whether the workload said `Stop tracing` within poll seconds."""

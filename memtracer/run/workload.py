@@ -12,6 +12,8 @@ import pexpect
 from ..errors import WorkloadError
 from ..protocol import WORKLOAD_INFO_BEGIN, WORKLOAD_INFO_END, WORKLOAD_READY, WORKLOAD_STOP
 
+FINISH_GRACE_SECONDS = 10   # after `Stop tracing`, for the workload to exit by itself
+
 
 
 def describe_exit_status(exit_code, signal_number):
@@ -90,7 +92,7 @@ class ProtocolSession:
             return None
         return index
 
-    def finish(self, grace_seconds):
+    def finish(self, grace_seconds=FINISH_GRACE_SECONDS):
         """Let the workload exit by itself after `Stop tracing`, then end it. Returns the problem
         line of a workload that ended badly by itself (None when it exited 0 or was ended here)."""
         try:
