@@ -370,6 +370,8 @@ def main(argv=None):
             traceback.print_exc()
         print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
         return EXIT_ERROR
+    if result.trace_problem:
+        return EXIT_ERROR
     return EXIT_WORKLOAD_FAILED if result.workload_problem and args.strict_exit_status else 0
 
 
@@ -380,3 +382,5 @@ def print_report(result, args):
         print(f"memory_tracer.py: {note}", file=sys.stderr)
     if result.workload_problem:
         print(f"memory_tracer.py: {result.workload_problem}", file=sys.stderr)
+    if result.trace_problem:
+        print(f"memory_tracer.py: {result.trace_problem}", file=sys.stderr)

@@ -1,6 +1,14 @@
 """The one exception tree of memory_tracer: each error carries what the user needs to act."""
 
 
+def with_last_output(sentence, output):
+    """sentence, then the last line a program printed, the likeliest to say why it failed (e.g. the
+    dynamic loader's `error while loading shared libraries: ...`, or a tool's `No space left on
+    device`), as one line."""
+    lines = [line.strip() for line in (output or "").replace("\r\n", "\n").splitlines() if line.strip()]
+    return sentence + (f"; its last output: {lines[-1]!r}." if lines else ".")
+
+
 class MemoryTracerError(Exception):
     """Base of every error memory_tracer reports; its str() is the one line the user sees."""
 
@@ -38,6 +46,10 @@ class WorkloadError(MemoryTracerError):
 
 class AnalysisToolError(MemoryTracerError):
     """The analysis tool did not follow the protocol or died."""
+
+
+class ConsumerStalled(MemoryTracerError):
+    """The consumer of the trace stopped taking records while the plugin had some for it."""
 
 
 class TraceFifoError(MemoryTracerError):

@@ -2,6 +2,7 @@
 it: bad input, faults during a run, signals at each phase, the guest channel fuzzed, and load."""
 import json
 import os
+import re
 import pty
 import select
 import shutil
@@ -19,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
-                      image_fingerprint, processes_mentioning, system, trace_info)
+                      image_fingerprint, processes_mentioning, system, trace_info, user_mode)
 from memtracer.qemu.guest_channel import ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, encode_frame
 
 KNOWN = PROGRAMS / "known_accesses"
 PROTOCOL = "--dont_add_communications_with_host_to_workload"
+MODES = {"system": system, "user": user_mode}
 FAST_FAIL = dict(os.environ, MEMORY_TRACER_TOOL_TIMEOUT="3")
 RUNNER = REPO / "build" / "guest_programs" / "runner"
 
@@ -114,11 +116,100 @@ def test_workload_that_exits_without_stop_tracing(tracer):
                                    "'-----begin workload info-----'; its last output: 'hello'.")
 
 
-def test_analysis_tool_that_crashes_mid_stream(tracer):
-    run = tracer(*system("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "65536 4",
-                         "--analysis_tool_path", TEST_TOOLS / "crash_mid_stream.py"))
+@pytest.mark.parametrize("mode", ["system", "user"])
+def test_analysis_tool_that_crashes_mid_stream(tracer, mode):
+    run = tracer(*MODES[mode]("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "65536 4",
+                              "--analysis_tool_path", TEST_TOOLS / "crash_mid_stream.py"))
     message = one_line_error(run)
-    assert "crash_mid_stream.py" in message and "SIGSEGV" in message
+    # The tool is named, not QEMU that its closed FIFO then killed (SIGPIPE in user mode).
+    assert message.startswith(f"the analysis tool {TEST_TOOLS / 'crash_mid_stream.py'}") and "SIGSEGV" in message
+
+
+# ----------------------------------------------------------------- records that do not arrive
+
+BUSY = ("--workload_path_on_host", PROGRAMS / "mem_loop", "--workload_args", "65536 4")   # ~30 M records
+TAKES_A_LITTLE = TEST_TOOLS / "takes_a_little.py"
+
+
+@pytest.mark.parametrize("mode", ["system", "user"])
+def test_tool_that_closes_its_fifo_early_fails_the_run_at_once(tracer, mode):
+    started = time.monotonic()
+    run = tracer(*MODES[mode](*BUSY, "--analysis_tool_path", TAKES_A_LITTLE))
+    message = one_line_error(run)
+    assert message.startswith(f"the analysis tool {TAKES_A_LITTLE} closed the trace FIFO ")
+    assert message.endswith("bytes unread in it): the trace is incomplete.")
+    assert time.monotonic() - started < 60
+
+
+def test_trace_fifo_path_reader_that_exits_early_is_seen_at_once(tracer, tmp_path):
+    fifo = tmp_path / "mine.fifo"
+    os.mkfifo(fifo)
+
+    def read_a_little():
+        with open(fifo, "rb") as f:
+            f.read(1 << 20)
+    reader = threading.Thread(target=read_a_little)
+    reader.start()
+    started = time.monotonic()
+    run = tracer(*system(*BUSY, "--trace_fifo_path", fifo))
+    reader.join()
+    message = one_line_error(run)
+    assert message.startswith(f"the reader of trace_fifo_path closed the trace FIFO {fifo} before the trace ended")
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("mode", ["system", "user"])
+def test_tool_that_stops_reading_fails_after_the_tool_timeout(tracer, mode):
+    started = time.monotonic()
+    run = tracer(*MODES[mode](*BUSY, "--analysis_tool_path", TAKES_A_LITTLE, "--analysis_tool_args", "never"),
+                 env=FAST_FAIL)
+    message = one_line_error(run)
+    assert re.fullmatch(rf"the analysis tool {re.escape(str(TAKES_A_LITTLE))} took nothing for 3 s while the plugin "
+                        r"had records for it \(\d+ handed over, \d+ bytes of them unread\): it stopped reading\.",
+                        message), message
+    assert time.monotonic() - started < 60
+    assert processes_mentioning("qemu-system-x86_64") == [] and processes_mentioning("qemu-x86_64") == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_a_run_stuck_on_its_tool_within_seconds(private_tmp, signum):
+    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, system(
+                            *BUSY, "--analysis_tool_path", TAKES_A_LITTLE, "--analysis_tool_args", "never", "-v"))],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    for line in run.stderr:
+        if PHASES["tracing"] in line:
+            break
+    time.sleep(3)   # the guest is stuck in the plugin by now, waiting for the tool to read
+    run.send_signal(signum)
+    started = time.monotonic()
+    run.communicate(timeout=60)
+    assert run.returncode == 130
+    assert time.monotonic() - started < 10
+    assert processes_mentioning(str(private_tmp)) == []
+
+
+def test_trace_files_on_a_full_disk_fail_the_run(tracer, tmp_path):
+    small = tmp_path / "small_disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        run = tracer(*system(*BUSY, "--trace_files_per_vcpu", small, "--print_trace_info"))
+    finally:
+        subprocess.run(["umount", small], check=True)
+    assert run.returncode == 1
+    [line] = run.stderr.strip().splitlines()
+    assert re.fullmatch(r"memory_tracer\.py: the trace files hold \d+ of the \d+ records written \(\d+ lost: is "
+                        r"the disk full\?\): the trace is incomplete\.", line), line
+
+
+def test_tool_that_fails_says_why_in_the_same_line(tracer):
+    # The record tool on a full disk (/dev/full): its own words, not just its exit code.
+    run = tracer(*user_mode(*BUSY, "--analysis_tool_path", TOOLS / "record", "--analysis_tool_args",
+                            "--output /dev/full"))
+    message = one_line_error(run)
+    assert message.startswith(f"the analysis tool {TOOLS / 'record'} ")
+    assert message.endswith("its last output: 'record: writing /dev/full failed: No space left on device'.")
 
 
 def test_qemu_killed_during_the_run(tracer, private_tmp):

@@ -33,6 +33,7 @@ FILE_GZIP = 0x01
 RUN_WRAP = 0x01
 
 SEND_CHUNK = 64 * 1024
+EXIT_REPORT_SECONDS = 2   # for the runner to report a killed workload's exit (the guest may be stuck)
 RESENDS = 3
 
 
@@ -283,7 +284,7 @@ class GuestProcess(pexpect.fdpexpect.fdspawn):
         if self.isalive() and force:
             try:
                 self.kill_workload()
-                self._exit.wait(5)
+                self._exit.wait(EXIT_REPORT_SECONDS)
             except OSError:
                 pass
         self._close_write_end()

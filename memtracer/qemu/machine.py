@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 PINNED_MACHINE = "pc-i440fx-10.0"   # `-machine pc` follows the QEMU version; a snapshot does not
 VIRTIO_PORT_NAME = "org.memory_tracer.0"
 QMP_TIMEOUT_SECONDS = 60
-SHUTDOWN_TIMEOUT_SECONDS = 10
+# Quitting: QEMU answers `quit` at once unless a vCPU is stuck (e.g. in the plugin, waiting for a
+# reader that stopped reading); then it is killed, so that Ctrl-C ends any run within seconds.
+QUIT_ANSWER_TIMEOUT_SECONDS = 3
+SHUTDOWN_TIMEOUT_SECONDS = 5
 
 
 @dataclass
@@ -335,9 +338,10 @@ class QemuMachine:
         if self.qmp is None:
             return False
         try:
+            self.qmp.settimeout(QUIT_ANSWER_TIMEOUT_SECONDS)
             self.qmp.cmd("quit")
         except (OSError, QMPError, EOFError):
-            pass   # QEMU may close the socket before it answers
+            pass   # QEMU may close the socket before it answers, or be stuck: it is killed then
         return True
 
     def shut_down(self):

@@ -73,12 +73,14 @@ class HostRun:
         self.control.connect(qemu_alive)
         return self.control
 
-    def _final_counters(self, command, exit_code, workload_output):
-        """The counters the plugin wrote when QEMU exited."""
+    def _final_counters(self, command, exit_code, workload_output, check):
+        """The counters the plugin wrote when QEMU exited. Without them QEMU died: of a tool that
+        died first (SIGPIPE, its FIFO closed), which check() names, or of its own accord."""
         try:
             with open(self._path("counters")) as f:
                 return parse_counters(f.read())
         except FileNotFoundError:
+            check()
             raise QemuError("qemu-x86_64 ended before the GMBEOO plugin finished", command,
                             exit_code, workload_output) from None
 
@@ -90,19 +92,25 @@ class HostRun:
         output = cleanup.enter_context(open(self._path("workload.out"), "wb+"))
         process = None
 
+        def control():
+            if self.control is None:
+                cleanup.callback(self._close_control)
+                self._connect_control(lambda: process.poll() is None)
+            return self.control
+
         def end_recording(check):
             if process.poll() is None:   # --timeout: the plugin is still recording
-                self._connect_control(lambda: process.poll() is None)
-                counters = self.control.end_window(check)
+                counters = control().end_window(check)
                 _kill(process)
                 return counters
-            return self._final_counters(command, process.returncode, workload_output())
+            return self._final_counters(command, process.returncode, workload_output(), check)
 
         def workload_output():
             output.seek(0)
             return output.read().decode(errors="replace")
 
-        window = TraceWindow(self.consumer, end_recording=end_recording)
+        window = TraceWindow(self.consumer, end_recording=end_recording,
+                             plugin_counters=lambda: control().counters(), lossless=self.request.lossless)
         window.open(info_words=[])
         window.start_clock()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
@@ -133,7 +141,8 @@ class HostRun:
             self._connect_control(child.isalive)
         session = ProtocolSession(child)
         window = TraceWindow(self.consumer, begin_recording=lambda check: self.control.enable(check),
-                             end_recording=lambda check: self._end_recording(command, child, check))
+                             end_recording=lambda check: self._end_recording(command, child, check),
+                             plugin_counters=self.control and self.control.counters, lossless=self.request.lossless)
         self.result.workload_info = session.read_info()
         window.open(info_words=self.result.workload_info.split())
         window.start_clock(session.release())
@@ -151,7 +160,7 @@ class HostRun:
             # flushed at exit and wrote its counters.
             child.expect(pexpect.EOF)
             child.wait()
-            return self._final_counters(command, child.exitstatus, child.before)
+            return self._final_counters(command, child.exitstatus, child.before, check)
 
     def _close_control(self):
         if self.control is not None:

@@ -95,7 +95,8 @@ class MonitorTracing:
             window.close(result)
         finally:
             window.consumer.close()
-        return format_report(result, print_trace_info=True).rstrip("\n")
+        report = format_report(result, print_trace_info=True).rstrip("\n")
+        return report + (f"\nmemory_tracer.py: {result.trace_problem}" if result.trace_problem else "")
 
     def status(self):
         counters = self.run.control.counters()

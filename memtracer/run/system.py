@@ -92,10 +92,19 @@ class SystemRun:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, *exc_info):
         self.progress.stop()
+        if exc_type is not None:
+            # First of all: a vCPU stuck writing for a consumer that stopped reading is freed, so
+            # that the workload can be killed and QEMU can quit at once.
+            self._close_consumer()
         self._cleanup.close()
         return False
+
+    def _close_consumer(self):
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            consumer.close()
 
     # ------------------------------------------------------------------ the run
 
@@ -166,7 +175,7 @@ class SystemRun:
         def end_recording(check):
             with self.machine.paused():
                 return self.control.end_window(check)
-        return TraceWindow(consumer, begin_recording, end_recording)
+        return TraceWindow(consumer, begin_recording, end_recording, self.control.counters, self.request.lossless)
 
     def new_window(self):
         """A window after the workload's own (the monitor's trace_start): a fresh consumer at the
@@ -195,7 +204,7 @@ class SystemRun:
             shutil.copyfile(self.target.image_path, self.image)
         if self.request.traced:
             self.consumer = make_consumer(self.request, self.private_dir)
-            self._cleanup.callback(lambda: self.consumer.close())   # the last one, after trace_start
+            self._cleanup.callback(self._close_consumer)   # the last one, after trace_start
 
     def _plugin_argument(self):
         if not self.request.traced:

@@ -6,6 +6,8 @@ trace_start / trace_stop all open and close their windows through it."""
 import time
 from dataclasses import dataclass, field
 
+from ..errors import ConsumerStalled, ControlChannelError
+from ..trace.consumer import STALL_TIMEOUT_SECONDS
 from ..trace_settings import TraceSettings
 
 # The plugin arguments a run adds to those of its settings: where records go, how it is driven.
@@ -30,6 +32,10 @@ class RunRequest:
     settings: TraceSettings = field(default_factory=TraceSettings)
     verbose: bool = False
 
+    @property
+    def lossless(self):
+        return not self.settings.drop_when_trace_fifo_full
+
 
 @dataclass
 class RunResult:
@@ -38,6 +44,7 @@ class RunResult:
     analysis_output: str = None
     counters: dict = None
     workload_problem: str = None   # a crash or non-zero exit, reported after the results
+    trace_problem: str = None      # records that did not reach the consumer: the run failed
     trace_files: list = None       # --trace_files_per_vcpu: (path, records) of each file
     notes: list = field(default_factory=list)
 
@@ -58,13 +65,18 @@ class TraceWindow:
     begin_recording(check) and end_recording(check) -> counters are how this kind of run drives
     its plugin (through the control channel, the VM paused in full system; or, where the plugin
     records from QEMU's start and writes its counters at exit, not at all for the beginning).
-    Without a consumer (an untraced run) only the time is taken."""
+    plugin_counters() (the control channel's `counters`) lets a lossless window see a consumer
+    that stopped taking records. Without a consumer (an untraced run) only the time is taken."""
 
-    def __init__(self, consumer, begin_recording=None, end_recording=None):
+    def __init__(self, consumer, begin_recording=None, end_recording=None, plugin_counters=None, lossless=True):
         self.consumer = consumer
+        self.lossless = lossless
         self._begin_recording = begin_recording
         self._end_recording = end_recording
+        self._plugin_counters = plugin_counters
         self._started = None
+        self._last_delivery = None          # (records handed over, bytes unread) at the last look
+        self._last_delivery_change = None   # and when that last changed
 
     def open(self, info_words):
         """The consumer ready for records (a tool started with the info words), then recording."""
@@ -87,6 +99,7 @@ class TraceWindow:
         progress). False when timeout seconds since the release passed first."""
         while not finished(POLL_SECONDS):
             self.check()
+            self._check_delivery()
             on_tick()
             if timeout is not None and self.elapsed() >= timeout:
                 return False
@@ -95,6 +108,25 @@ class TraceWindow:
     def check(self):
         if self.consumer is not None:
             self.consumer.check()
+
+    def _check_delivery(self):
+        """In a lossless window the guest waits for a slow consumer. One that leaves what it was
+        handed unread, while the plugin hands it nothing more, for STALL_TIMEOUT_SECONDS, has
+        stopped reading and fails the run (an idle guest leaves nothing unread: never a stall)."""
+        if self.consumer is None or self._plugin_counters is None or not self.lossless:
+            return
+        try:
+            handed_over = self._plugin_counters()["num_of_events_written_to_trace_file"]
+        except ControlChannelError:
+            return   # QEMU is just ending (a wrapped workload's exit): nothing to wait for any more
+        unread = self.consumer.unread_bytes()
+        now = time.monotonic()
+        if not unread or (handed_over, unread) != self._last_delivery:
+            self._last_delivery, self._last_delivery_change = (handed_over, unread), now
+        elif now - self._last_delivery_change >= STALL_TIMEOUT_SECONDS:
+            raise ConsumerStalled(f"{self.consumer.name} took nothing for {STALL_TIMEOUT_SECONDS:g} s while the "
+                                  f"plugin had records for it ({handed_over} handed over, {unread} bytes of them "
+                                  "unread): it stopped reading.")
 
     def stop_clock(self, result):
         """tracing_duration_in_milliseconds: from the release to now."""
@@ -111,3 +143,27 @@ class TraceWindow:
         result.trace_files = self.consumer.trace_files()
         after_recording()
         result.analysis_output = self.consumer.finish()
+        self._account_for_every_record(result)
+
+    def _account_for_every_record(self, result):
+        """Every record the plugin wrote reached the consumer, or the result says how many did not
+        and where they were lost (dropped on request is a note; anything else fails the run)."""
+        counters = result.counters
+        written = counters["num_of_events_written_to_trace_buf"]
+        lost = written - counters["num_of_events_written_to_trace_file"]   # still waiting counts as lost
+        problems = []
+        if result.trace_files is not None:
+            held = sum(records for _, records in result.trace_files)
+            if held < written:
+                problems.append(f"the trace files hold {held} of the {written} records written "
+                                f"({written - held} lost: is the disk full?)")
+        elif lost > 0:
+            problems.append(f"{lost} of the {written} records written never reached {self.consumer.name}")
+        dropped = counters["num_of_dropped_events"]
+        if dropped and self.lossless:
+            problems.append(f"{dropped} records were dropped")
+        elif dropped:
+            result.notes.append(f"{dropped} records were dropped because {self.consumer.name} read more slowly "
+                                "than the guest wrote (--drop_when_trace_fifo_full).")
+        if problems:
+            result.trace_problem = "; ".join(problems) + ": the trace is incomplete."

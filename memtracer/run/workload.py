@@ -9,7 +9,7 @@ import time
 
 import pexpect
 
-from ..errors import WorkloadError
+from ..errors import WorkloadError, with_last_output
 from ..protocol import WORKLOAD_INFO_BEGIN, WORKLOAD_INFO_END, WORKLOAD_READY, WORKLOAD_STOP
 
 FINISH_GRACE_SECONDS = 10   # after `Stop tracing`, for the workload to exit by itself
@@ -34,13 +34,6 @@ def script_interpreter(path):
 
 def clean_text(text):
     return text.replace("\r\n", "\n").strip()
-
-
-def with_last_output(sentence, output):
-    """sentence, then the last line the workload printed (the likeliest to say why it failed,
-    e.g. the dynamic loader's `error while loading shared libraries: ...`), as one line."""
-    lines = clean_text(output or "").splitlines()
-    return sentence + (f"; its last output: {lines[-1].strip()!r}." if lines else ".")
 
 
 def exit_problem(exit_code, signal_number, output=""):

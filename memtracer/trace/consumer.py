@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 
-from ..errors import AnalysisToolError
+from ..errors import AnalysisToolError, TraceFifoError
 from .fifo import TraceFifo
 from .shm_ring import ShmRing, create_ring
 from .tool_process import ToolProcess
@@ -22,6 +22,8 @@ READY_TIMEOUT_SECONDS = _OVERRIDE or 60      # starting a tool
 OPEN_FIFO_TIMEOUT_SECONDS = _OVERRIDE or 30  # from `Ready to analyze` (or the start) to opening the FIFO
 DRAIN_TIMEOUT_SECONDS = _OVERRIDE or 600     # a slow reader finishing the last pipe-full
 OUTPUT_TIMEOUT_SECONDS = _OVERRIDE or 120    # from SIGUSR1 to the end marker
+STALL_TIMEOUT_SECONDS = _OVERRIDE or 600     # a reader that takes no record while some wait for it
+EXIT_NOTICE_SECONDS = 1                      # for the end of a tool's output to follow its death
 
 
 def make_consumer(request, private_dir):
@@ -47,6 +49,12 @@ class FifoTransport:
         self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, tool.is_alive, "the analysis tool")
         log.debug("trace FIFO %s open, pipe size %d", self.path, self.fifo.pipe_size())
 
+    def check(self, reader_name):
+        self.fifo.check_reader(reader_name)
+
+    def unread_bytes(self):
+        return self.fifo.pending_bytes() if self.fifo.write_fd is not None else 0
+
     def wait_until_drained(self, tool):
         self.fifo.wait_until_drained(tool.is_alive, DRAIN_TIMEOUT_SECONDS, "the analysis tool")
 
@@ -59,6 +67,7 @@ class RingTransport:
     back to a disk); the tool maps it when it starts."""
 
     def __init__(self, record_size):
+        self.record_size = record_size
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
         self.path = os.path.join(self.directory, "trace.ring")
@@ -68,6 +77,12 @@ class RingTransport:
 
     def tool_ready(self, tool):
         pass
+
+    def check(self, reader_name):
+        pass   # a tool that stops taking records from the ring stalls it: the window sees that
+
+    def unread_bytes(self):
+        return self.ring.pending() * self.record_size
 
     def wait_until_drained(self, tool):
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
@@ -88,6 +103,7 @@ class ToolConsumer:
 
     def __init__(self, tool_path, transport, verbose, tool_args, settings):
         self.tool_path = tool_path
+        self.name = f"the analysis tool {tool_path}"
         self.transport = transport
         self.plugin_argument = transport.plugin_argument
         self.verbose = verbose
@@ -103,8 +119,18 @@ class ToolConsumer:
         self.transport.tool_ready(self.tool)
 
     def check(self):
-        """Raise if the tool died: the trace would have nowhere to go."""
+        """Raise if the tool died or closed its FIFO: the trace would have nowhere to go."""
         self.tool.check_alive()
+        try:
+            self.transport.check(self.name)
+        except TraceFifoError:
+            self.tool.wait_for_exit(EXIT_NOTICE_SECONDS)   # a tool that died closed its FIFO too:
+            self.tool.check_alive()                        # then its death, and its words, explain
+            raise
+
+    def unread_bytes(self):
+        """What was handed over and the tool has not taken yet."""
+        return self.transport.unread_bytes()
 
     def finish(self):
         """After every record is handed over: wait until the tool took them, then ask for its output."""
@@ -125,6 +151,7 @@ class TraceDirConsumer:
 
     def __init__(self, directory):
         self.directory = directory
+        self.name = f"the trace files in {directory}"
         self.plugin_argument = f"trace_dir={directory}"
 
     def start(self, info_words):
@@ -132,6 +159,9 @@ class TraceDirConsumer:
 
     def check(self):
         pass
+
+    def unread_bytes(self):
+        return 0   # no reader: the plugin writes the files itself
 
     def finish(self):
         return None
@@ -154,6 +184,8 @@ class TraceDirConsumer:
 class UserFifoConsumer:
     """A reader the user runs on their own FIFO (--trace_fifo_path)."""
 
+    name = "the reader of trace_fifo_path"
+
     def __init__(self, fifo_path):
         self.fifo = TraceFifo.given_by_user(fifo_path)
 
@@ -162,13 +194,16 @@ class UserFifoConsumer:
         return f"trace_fifo_path={self.fifo.path}"
 
     def start(self, info_words):
-        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, reader_name="the reader of trace_fifo_path")
+        self.fifo.open_writer(OPEN_FIFO_TIMEOUT_SECONDS, reader_name=self.name)
 
     def check(self):
-        pass
+        self.fifo.check_reader(self.name)
+
+    def unread_bytes(self):
+        return self.fifo.pending_bytes() if self.fifo.write_fd is not None else 0
 
     def finish(self):
-        self.fifo.wait_until_drained(lambda: True, DRAIN_TIMEOUT_SECONDS, "the reader of trace_fifo_path")
+        self.fifo.wait_until_drained(lambda: True, DRAIN_TIMEOUT_SECONDS, self.name)
         return None
 
     def trace_files(self):

@@ -3,6 +3,7 @@ by memory_tracer for the whole run, so its enlarged buffer lasts (Linux resets i
 import errno
 import fcntl
 import os
+import select
 import stat
 import struct
 import termios
@@ -73,9 +74,22 @@ class TraceFifo:
         buf = fcntl.ioctl(self.write_fd, termios.FIONREAD, struct.pack("i", 0))
         return struct.unpack("i", buf)[0]
 
+    def reader_gone(self):
+        """Whether every reader has closed the FIFO: a pipe's write end then polls POLLERR."""
+        poller = select.poll()
+        poller.register(self.write_fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+
+    def check_reader(self, reader_name="the reader"):
+        """Raise at once when the reader closed the FIFO: what is still to come has nowhere to go."""
+        if self.write_fd is not None and self.reader_gone():
+            raise TraceFifoError(f"{reader_name} closed the trace FIFO {self.path} before the trace ended "
+                                 f"({self.pending_bytes()} bytes unread in it): the trace is incomplete.")
+
     def wait_until_drained(self, reader_alive, timeout, reader_name="the reader"):
         deadline = time.monotonic() + timeout
         while self.write_fd is not None and self.pending_bytes() > 0:
+            self.check_reader(reader_name)
             if not reader_alive():
                 raise TraceFifoError(f"{reader_name} exited before reading the whole trace "
                                      f"({self.pending_bytes()} bytes left in the FIFO).")

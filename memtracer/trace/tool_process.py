@@ -10,7 +10,7 @@ import threading
 
 import pexpect
 
-from ..errors import AnalysisToolError
+from ..errors import AnalysisToolError, with_last_output
 from ..protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY
 
 
@@ -34,6 +34,7 @@ class ToolProcess:
         self._reader = None
         self._output = None
         self._error = None
+        self._last_output = ""   # what a tool that failed printed last (it says why, usually)
 
     def start(self, ready_timeout):
         log.debug("analysis tool: %s", " ".join(self.argv))
@@ -43,8 +44,9 @@ class ToolProcess:
         index = self.child.expect_exact([TOOL_READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
         if index == 1:
             self.child.wait()
-            raise AnalysisToolError(f"the analysis tool {self.argv[0]} exited "
-                                    f"({describe_exit(self.child)}) before printing {TOOL_READY!r}.")
+            raise AnalysisToolError(with_last_output(f"the analysis tool {self.argv[0]} exited "
+                                                     f"({describe_exit(self.child)}) before printing {TOOL_READY!r}",
+                                                     self.child.before))
         if index == 2:
             raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {TOOL_READY!r} "
                                     f"within {ready_timeout:g} s.")
@@ -56,9 +58,11 @@ class ToolProcess:
         try:
             if self.child.expect_exact([TOOL_OUTPUT_BEGIN, pexpect.EOF]) == 1:
                 self._error = f"exited ({self._exit_description()}) before printing {TOOL_OUTPUT_BEGIN!r}"
+                self._last_output = self.child.before
                 return
             if self.child.expect_exact([TOOL_OUTPUT_END, pexpect.EOF]) == 1:
                 self._error = f"exited ({self._exit_description()}) before printing {TOOL_OUTPUT_END!r}"
+                self._last_output = self.child.before
                 return
             self._output = self.child.before.replace("\r\n", "\n").strip()
         except Exception as exc:  # reported by the thread that waits for the output
@@ -74,11 +78,15 @@ class ToolProcess:
             return True
         return self._output is not None and self.child.isalive()
 
+    def wait_for_exit(self, timeout):
+        """Up to timeout seconds for the tool's terminal to close (it exited)."""
+        self._reader.join(timeout)
+
     def check_alive(self):
         if not self.is_alive():
             self._reader.join(timeout=1)
-            raise AnalysisToolError(f"the analysis tool {self.argv[0]} "
-                                    f"{self._error or 'exited'} while the trace was being written.")
+            raise AnalysisToolError(with_last_output(f"the analysis tool {self.argv[0]} {self._error or 'exited'} "
+                                                     "while the trace was being written", self._last_output))
 
     def collect_output(self, timeout):
         """Signal the tool that the trace is complete and return the text between its markers."""
@@ -89,14 +97,16 @@ class ToolProcess:
             raise AnalysisToolError(f"the analysis tool {self.argv[0]} did not print {TOOL_OUTPUT_END!r} "
                                     f"within {timeout:g} s of SIGUSR1.")
         if self._output is None:
-            raise AnalysisToolError(f"the analysis tool {self.argv[0]} {self._error}.")
+            raise AnalysisToolError(with_last_output(f"the analysis tool {self.argv[0]} {self._error}",
+                                                     self._last_output))
         return self._output
 
     def stop(self):
-        """Let the tool exit after its output; end it if it lingers."""
+        """Let the tool exit after its output; end it if it lingers, or at once when the run ends
+        before the tool gave its output."""
         if self.child is None:
             return
-        if self.child.isalive():
+        if self.child.isalive() and self._output is not None:
             try:
                 self.child.expect(pexpect.EOF, timeout=2)
             except (pexpect.TIMEOUT, OSError):
