@@ -1,10 +1,12 @@
 """memory_tracer.py's command line: the original memory_tracer.py's interface, kept as it was, plus the extensions."""
 import argparse
+import errno
 import logging
 import os
 import shlex
 import signal
 import sys
+import tempfile
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ from .trace_settings import TraceSettings, add_setting_arguments
 EXIT_ERROR = 1
 EXIT_WORKLOAD_FAILED = 3
 EXIT_INTERRUPTED = 130
+# Errors of the machine, not of memory_tracer: one line that says what to do, not "internal error".
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS)
 
 DESCRIPTION = """\
 Run a workload on the QEMU guest while writing optimized GMBE trace records to a FIFO.
@@ -365,14 +369,28 @@ def main(argv=None):
             traceback.print_exc()
         print(exc, file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # a bug of ours: still one line, the traceback only with -v
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            return internal_error(exc, args)
         if args.verbose:
             traceback.print_exc()
-        print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
+        where = exc.filename or f"the temporary directory {tempfile.gettempdir()}"
+        advice = ("free some space there, or set TMPDIR to a directory with room" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                  else "run as a user who may write there (for temporary files: set TMPDIR to a directory of yours)")
+        print(f"memory_tracer.py: cannot write {where}: {exc.strerror}; {advice}.", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: still one line, the traceback only with -v
+        return internal_error(exc, args)
     if result.trace_problem:
         return EXIT_ERROR
     return EXIT_WORKLOAD_FAILED if result.workload_problem and args.strict_exit_status else 0
+
+
+def internal_error(exc, args):
+    if args.verbose:
+        traceback.print_exc()
+    print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def print_report(result, args):

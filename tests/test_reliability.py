@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -447,3 +448,52 @@ def test_parallel_runs_on_private_copies(private_tmp):
         stdout, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stderr
         assert analysis_counts(stdout)["range_store_8_unsigned"] == 111
+
+
+# ----------------------------------------------------------------- a user without root, a full disk
+
+@pytest.fixture
+def as_nobody():
+    """Runs memory_tracer.py as `nobody` (Debian's python3, a TMPDIR of its own); the built-in image
+    and build/ belong to root."""
+    with tempfile.TemporaryDirectory(prefix="memory_tracer_nobody_") as tmp:
+        os.chmod(tmp, 0o777)
+
+        def run(*args):
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                       "env", f"TMPDIR={tmp}", f"HOME={tmp}", "/usr/bin/python3", str(REPO / "memory_tracer.py"),
+                       *map(str, system(*args))]
+            return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp)
+        yield run
+        assert os.listdir(tmp) == []
+
+
+def test_a_user_without_root_is_told_what_to_do(as_nobody):
+    run = as_nobody("--workload_path_on_guest", "/bin/true", "--dont_trace")
+    assert one_line_error(run) == (f"guest_image_path {GUEST_IMAGE} cannot be opened for writing by this user "
+                                   "(QEMU: Permission denied); run as the image's owner, or pass "
+                                   "--run_on_private_copy (a private copy needs only to read it)")
+    run = as_nobody("--workload_path_on_guest", "/bin/true", "--dont_trace", "--smp", "5")
+    assert one_line_error(run) == ("the built-in image for 5 vCPUs is not made yet, and this user may not make it "
+                                   f"({GUEST_IMAGE.parent / '.making_smp5.lock'}: Permission denied); run "
+                                   f"`python3 build.py --smp 5` as the owner of {GUEST_IMAGE.parent}.")
+    run = as_nobody("--workload_path_on_guest", "/bin/true", "--dont_trace", "--run_on_private_copy")
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_full_temporary_directory_is_one_line(tmp_path):
+    small = tmp_path / "small_tmp"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        run = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, system(
+                              "--workload_path_on_guest", "/bin/true", "--dont_trace", "--run_on_private_copy"))],
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(small)))
+        leftovers = os.listdir(small)
+    finally:
+        subprocess.run(["umount", small], check=True)
+    size_mb = GUEST_IMAGE.stat().st_size / 1e6
+    assert one_line_error(run) == (f"--run_on_private_copy: copying {GUEST_IMAGE} ({size_mb:.0f} MB) into {small} "
+                                   "failed (No space left on device); free some space there or set TMPDIR to a "
+                                   "directory with room.")
+    assert leftovers == []

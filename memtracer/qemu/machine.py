@@ -178,6 +178,9 @@ LOAD_ERRORS = [
     (r"gtk initialization failed|Could not initialize SDL|Failed to open display|cannot open display",
      "--dont_use_nographic: QEMU could not open a window on this DISPLAY; unset DISPLAY to have its "
      "screen on VNC instead, or run without --dont_use_nographic"),
+    (r"Could not open .*Permission denied",
+     "guest_image_path {image} cannot be opened for writing by this user (QEMU: Permission denied); run as "
+     "the image's owner, or pass --run_on_private_copy (a private copy needs only to read it)"),
     (r"Image is not in qcow2 format|Could not open|not in qcow2 format|Invalid argument",
      "guest_image_path {image} cannot be opened as a qcow2 image"),
 ]

@@ -201,7 +201,13 @@ class SystemRun:
         if self.target.private_copy:
             self.progress.phase("copying the image for a private run")
             self.image = os.path.join(self.private_dir, os.path.basename(self.image))
-            shutil.copyfile(self.target.image_path, self.image)
+            try:
+                shutil.copyfile(self.target.image_path, self.image)
+            except OSError as exc:
+                size_mb = os.path.getsize(self.target.image_path) / 1e6
+                raise BadInputError(f"--run_on_private_copy: copying {self.target.image_path} ({size_mb:.0f} MB) into "
+                                    f"{tempfile.gettempdir()} failed ({exc.strerror}); free some space there or set "
+                                    "TMPDIR to a directory with room.") from None
         if self.request.traced:
             self.consumer = make_consumer(self.request, self.private_dir)
             self._cleanup.callback(self._close_consumer)   # the last one, after trace_start
