@@ -38,8 +38,8 @@ class TraceSettings:
         False, "Trace only between the guest program's memory_tracer_region_begin() and "
                "memory_tracer_region_end() (to_run_on_guest/memory_tracer_markers.h).")
     max_instructions: int = setting(
-        0, "Stop tracing once N guest instructions have executed in the trace window (exact with one "
-           "vCPU; shared by all vCPUs).")
+        0, "Stop tracing once N guest instructions have executed in the trace window (with "
+           "--trace_only_marked_regions: inside the regions); exact with one vCPU, shared by all vCPUs.")
     drop_when_trace_fifo_full: bool = setting(
         False, "Drop (and count) records when the reader is slower than the guest, instead of making "
                "the guest wait (the default is lossless).")

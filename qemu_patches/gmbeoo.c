@@ -543,6 +543,9 @@ static void vcpu_mem_extended(unsigned int vcpu_index, qemu_plugin_meminfo_t inf
     trace_access(vcpu_index, info, vaddr, (uintptr_t)udata, FORMAT_EXTENDED);
 }
 
+static void resume_instruction_budgets(void);
+static void pause_instruction_budgets(void);
+
 /* ------------------------------------------------------------ markers */
 
 /* The low 8 bytes of a guest register of the current vCPU; false when it cannot be read. */
@@ -599,11 +602,13 @@ static void vcpu_magic(unsigned int vcpu_index, void *udata)
         __atomic_store_n(&region_active, true, __ATOMIC_RELEASE);
         update_tracing();
         append_marker(r, GMBE_MARKER_REGION_BEGIN, 0);
+        resume_instruction_budgets();
         break;
     case MEMORY_TRACER_REGION_END:
         append_marker(r, GMBE_MARKER_REGION_END, 0);
         __atomic_store_n(&region_active, false, __ATOMIC_RELEASE);
         update_tracing();
+        pause_instruction_budgets();
         break;
     case MEMORY_TRACER_MARKER:
         read_guest_register(rdx_register, &number);
@@ -655,14 +660,53 @@ static void vcpu_budget_spent(unsigned int vcpu_index, void *udata)
     qemu_plugin_u64_set(instruction_budget, vcpu_index, share);
 }
 
-/* At enable: every vCPU asks for a budget before its next instruction. */
+/* Whether instructions spend the budget now: with trace_only_marked_regions, only in a region. */
+static bool budget_counts(void)
+{
+    return config.max_instructions &&
+           (!config.only_marked_regions || __atomic_load_n(&region_active, __ATOMIC_ACQUIRE));
+}
+
+/* At enable: every vCPU asks for a budget before its next instruction (once it counts). */
 static void reset_instruction_budgets(void)
 {
     __atomic_store_n(&instructions_left, config.max_instructions, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
         if (rings[i]) {
             rings[i]->out_of_instructions = false;
-            qemu_plugin_u64_set(instruction_budget, i, config.max_instructions ? 0 : NO_BUDGET_CHECK);
+            qemu_plugin_u64_set(instruction_budget, i, budget_counts() ? 0 : NO_BUDGET_CHECK);
+        }
+    }
+}
+
+/* A region begins (trace_only_marked_regions): every vCPU asks for a budget again. */
+static void resume_instruction_budgets(void)
+{
+    if (!config.max_instructions || !config.only_marked_regions) {
+        return;
+    }
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i] && !rings[i]->out_of_instructions) {
+            qemu_plugin_u64_set(instruction_budget, i, 0);
+        }
+    }
+}
+
+/* A region ends: what the vCPUs were granted and did not spend goes back (exact with one vCPU,
+ * whose region_end runs on it; other vCPUs may spend a little meanwhile), and nothing counts
+ * until the next region. */
+static void pause_instruction_budgets(void)
+{
+    if (!config.max_instructions || !config.only_marked_regions) {
+        return;
+    }
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        uint64_t unspent = rings[i] ? qemu_plugin_u64_get(instruction_budget, i) : NO_BUDGET_CHECK;
+        if (unspent <= config.max_instructions) {   /* a share, not the never-reached mark */
+            __atomic_add_fetch(&instructions_left, unspent, __ATOMIC_ACQ_REL);
+        }
+        if (rings[i]) {
+            qemu_plugin_u64_set(instruction_budget, i, NO_BUDGET_CHECK);
         }
     }
 }

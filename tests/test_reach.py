@@ -21,6 +21,9 @@ SSH_KEY = BUILD / "guest_image" / "id_memory_tracer"
 FORMATS = ["standard", "extended", "compact"]
 
 
+MODES = {"system": system, "user": user_mode}
+
+
 def report(stdout):
     """The analysis output's `name: value` lines, values as text (marker lines are not numbers)."""
     lines = parse_sections(stdout)["analysis output"].splitlines()
@@ -105,6 +108,20 @@ def test_instruction_limit_cuts_where_it_says(tracer):
     assert report(first.stdout)["phase_2_records"] == "0"   # nothing after the limit
     assert "instruction_limit_reached: yes" in parse_sections(first.stdout)["trace info"]
     assert int(report(first.stdout)["num_of_records"]) < 100000
+
+
+@pytest.mark.parametrize("mode", ["system", "user"])
+def test_instruction_limit_counts_inside_marked_regions_only(tracer, mode):
+    # Before its region, marked_loop runs 777 stores and loads, the guest kernel much more: none
+    # of that may spend the budget of a run that traces only the region.
+    def stores_with(limit):
+        run = tracer(*MODES[mode](*marked_loop("--analysis_tool_path", TOOLS / "count", "--trace_only_marked_regions",
+                                               "--max_instructions", str(limit), iterations=100000)))
+        assert run.returncode == 0, run.stderr
+        assert report(run.stdout)["marker_2"] == f"instruction_limit {limit} vcpu=0"
+        return int(report(run.stdout)["range_store_8_unsigned"])
+    first, second = stores_with(30000), stores_with(33000)
+    assert second - first == 1000 and 9990 <= first <= 10000   # 3 instructions a store
 
 
 # ------------------------------------------------------------------ two vCPUs
