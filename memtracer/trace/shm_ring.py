@@ -43,8 +43,10 @@ def create_ring(path, capacity=DEFAULT_CAPACITY, record_size=RECORD_SIZE):
 
 
 class ShmRing:
-    """A mapping of a ring file; head and tail read and written in place (x86: aligned 8-byte
-    loads and stores are atomic, and stores are seen in order)."""
+    """A mapping of a ring file; head and tail read and written in place, each as one aligned
+    8-byte load or store (atomic on x86, where stores are also seen in order). Not with struct:
+    its little-endian codes go byte by byte, and a head read while the producer moves it can
+    come out torn, far ahead of what was written."""
 
     def __init__(self, path):
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -57,15 +59,17 @@ class ShmRing:
             raise ValueError(f"{path} is not a GMBE ring")
         self.records = np.frombuffer(self.map, dtype=DTYPE_BY_RECORD_SIZE[record_size], count=self.capacity,
                                      offset=self.data_offset)
+        self._head = np.frombuffer(self.map, dtype=np.uint64, count=1, offset=HEAD_OFFSET)
+        self._tail = np.frombuffer(self.map, dtype=np.uint64, count=1, offset=TAIL_OFFSET)
 
-    head = property(lambda self: struct.unpack_from("<Q", self.map, HEAD_OFFSET)[0])
-    tail = property(lambda self: struct.unpack_from("<Q", self.map, TAIL_OFFSET)[0])
+    head = property(lambda self: int(self._head[0]))
+    tail = property(lambda self: int(self._tail[0]))
 
     def pending(self):
         return self.head - self.tail
 
     def close(self):
-        self.records = None
+        self.records = self._head = self._tail = None   # the views go before the mapping
         self.map.close()
 
     def __enter__(self):
@@ -92,4 +96,4 @@ class ShmRingReader(ShmRing):
             count = min(head - tail, self.capacity - start)
             process(self.records[start:start + count])
             tail += count
-            struct.pack_into("<Q", self.map, TAIL_OFFSET, tail)
+            self._tail[0] = tail
