@@ -138,7 +138,8 @@ def build_parser():
     extensions = parser.add_argument_group("extensions")
     extensions.add_argument("--user_mode", action="store_true",
                             help="Run the workload (an x86_64 Linux program on this host) under "
-                                 "qemu-x86_64 with GMBEOO; no guest image is needed.")
+                                 "qemu-x86_64 with GMBEOO; no guest image is needed. Only the process "
+                                 "started is traced: children it forks run untraced (said on stderr).")
     extensions.add_argument("--workload_args", default="",
                             help="Arguments for the workload, as one shell-quoted string.")
     extensions.add_argument("--analysis_tool_args", default="",

@@ -124,6 +124,7 @@ static size_t shm_ring_size;
 static uint64_t *shm_words;
 static bool trace_broken;
 static uint64_t written_to_file;          /* access records, since enable */
+static uint64_t untraced_children;        /* user mode: processes forked while the window was open */
 
 /* Re-translation requests (a CPL filter change), checked once per block. */
 static struct qemu_plugin_scoreboard *retranslate_board;
@@ -866,9 +867,11 @@ static int format_counters(char *out, size_t size)
                     " num_of_events_waiting_in_trace_buf=%" PRIu64
                     " num_of_dropped_events=%" PRIu64
                     " num_of_markers=%" PRIu64
+                    " num_of_untraced_children=%" PRIu64
                     " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d",
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
-                    waiting, dropped, markers, tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
+                    waiting, dropped, markers, __atomic_load_n(&untraced_children, __ATOMIC_RELAXED),
+                    tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
                     __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions);
 }
 
@@ -1108,6 +1111,7 @@ static bool enable_tracing(char **error)
         }
     }
     written_to_file = 0;
+    __atomic_store_n(&untraced_children, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&writer_lock);
     reset_instruction_budgets();
     set_window(true);
@@ -1259,6 +1263,14 @@ static void stop_control_channel(void)
 
 /* ------------------------------------------------------------- fork and exit */
 
+/* In the parent: a child forked while tracing is untraced; memory_tracer says so. */
+static void count_untraced_child(void)
+{
+    if (__atomic_load_n(&window_open, __ATOMIC_RELAXED)) {
+        __atomic_add_fetch(&untraced_children, 1, __ATOMIC_RELAXED);
+    }
+}
+
 static void forget_trace_in_child(void)
 {
     /* user mode: a forked child is not traced; its copy of the rings is stale. */
@@ -1348,7 +1360,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     retranslate_flag = qemu_plugin_scoreboard_u64(retranslate_board);
     budget_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     instruction_budget = qemu_plugin_scoreboard_u64(budget_board);
-    pthread_atfork(NULL, NULL, forget_trace_in_child);
+    pthread_atfork(NULL, count_untraced_child, forget_trace_in_child);
     if (config.enabled && !enable_tracing(&error)) {
         return fail_install(error);
     }

@@ -1,5 +1,6 @@
 """End to end in user mode: the real qemu-x86_64, the real GMBEOO plugin, real FIFOs and tools."""
 import os
+import subprocess
 
 import numpy as np
 
@@ -142,3 +143,34 @@ def test_numpy_dtype_reads_records_written_by_c(tmp_path):
     assert record.cpls(records)[0] == 2 == int(output[16:].split()[2])
     assert record.is_store(records)[0] and record.is_sign_extended(records)[0]
     assert records["valid"][0] == 0x80 and records["virt_addr"][0] == np.uint64(0x1122334455667788)
+
+
+FORKER = r"""
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void)
+{
+    for (int i = 0; i < 5; i++) {
+        if (fork() == 0) {
+            volatile long sum = 0;
+            for (long n = 0; n < 100000; n++) {
+                sum += n;
+            }
+            _exit(0);
+        }
+    }
+    while (wait(0) > 0) {
+    }
+    return 0;
+}
+"""
+
+
+def test_children_of_a_forking_workload_are_said_to_be_untraced(tracer, tmp_path):
+    (tmp_path / "forker.c").write_text(FORKER)
+    subprocess.run(["gcc", "-O1", "-o", tmp_path / "forker", tmp_path / "forker.c"], check=True)
+    run = tracer(*user_mode("--workload_path_on_host", tmp_path / "forker", "--analysis_tool_path", COUNT))
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == ("memory_tracer.py: the workload forked 5 child processes while it was traced; "
+                                  "in --user_mode only the process memory_tracer started is traced (its children "
+                                  "ran untraced; full-system mode traces every process).")

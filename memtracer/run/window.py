@@ -144,6 +144,11 @@ class TraceWindow:
         after_recording()
         result.analysis_output = self.consumer.finish()
         self._account_for_every_record(result)
+        children = result.counters.get("num_of_untraced_children", 0)
+        if children:
+            result.notes.append(f"the workload forked {children} child process{'es' if children > 1 else ''} while "
+                                "it was traced; in --user_mode only the process memory_tracer started is traced "
+                                "(its children ran untraced; full-system mode traces every process).")
 
     def _account_for_every_record(self, result):
         """Every record the plugin wrote reached the consumer, or the result says how many did not
