@@ -497,3 +497,45 @@ def test_a_full_temporary_directory_is_one_line(tmp_path):
                                    "failed (No space left on device); free some space there or set TMPDIR to a "
                                    "directory with room.")
     assert leftovers == []
+
+
+# ----------------------------------------------------------------- the workload's stdin
+
+LINE_COUNTER = """#!/bin/sh
+echo "-----begin workload info-----"
+echo "-----end workload info-----"
+echo "Ready to trace. Press enter to continue"
+read -r enter
+lines=$(wc -l)
+echo "Stop tracing"
+exit $lines
+"""
+WORKLOAD_MODES = {
+    "system": lambda *args: system(*args, "--dont_trace"),
+    "user": lambda *args: user_mode(*args, "--dont_trace"),
+    "native": lambda *args: ["--dont_use_qemu", "x", "y", "z", *args],
+}
+
+
+@pytest.mark.parametrize("mode", WORKLOAD_MODES)
+@pytest.mark.parametrize("protocol", [True, False], ids=["protocol", "wrapped"])
+def test_our_stdin_reaches_the_workload_and_ends(tracer, tmp_path, mode, protocol):
+    # Seven lines in, the workload's exit code says how many it read; from /dev/null, none (and
+    # no hang: a full-system workload's stdin used to be a guest terminal nobody fed).
+    if protocol:
+        script = tmp_path / "count_lines.sh"
+        script.write_text(LINE_COUNTER)
+        script.chmod(0o755)
+        workload = ["--workload_path_on_host", script, PROTOCOL]
+    elif mode == "system":
+        workload = ["--workload_path_on_guest", "/bin/sh", "--workload_args", "-c 'exit $(wc -l)'"]
+    else:
+        workload = ["--workload_path_on_host", "/bin/sh", "--workload_args", "-c 'exit $(wc -l)'"]
+    seven = tmp_path / "seven.txt"
+    seven.write_text("".join(f"line {i}\n" for i in range(7)))
+    with open(seven) as stdin:
+        run = tracer(*WORKLOAD_MODES[mode](*workload), stdin=stdin, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == "memory_tracer.py: the workload exited with code 7."
+    run = tracer(*WORKLOAD_MODES[mode](*workload), stdin=subprocess.DEVNULL, timeout=120)
+    assert (run.returncode, run.stderr) == (0, "")

@@ -5,6 +5,7 @@ private directory; a GuestChannel is one of them. Frames are `MTR1`, type, lengt
 CRC32. A reader thread sorts what the runner sends: answers to requests, the workload's output
 (fed into a pipe, so pexpect can `expect` on it like on any process), and its exit status.
 """
+import errno
 import fcntl
 import logging
 import os
@@ -93,6 +94,7 @@ class GuestChannel:
         self.process = None
         self.closed = threading.Event()
         self._reader = None
+        self._send_lock = threading.Lock()   # the workload's stdin is forwarded from a thread of its own
 
     # ------------------------------------------------------------------ connection
 
@@ -123,10 +125,13 @@ class GuestChannel:
 
     def send(self, kind, payload=b"", progress=None):
         frame = encode_frame(kind, payload)
-        for start in range(0, len(frame), SEND_CHUNK):
-            self.sock.sendall(frame[start:start + SEND_CHUNK])
-            if progress is not None:
-                progress(min(start + SEND_CHUNK, len(frame)), len(frame))
+        with self._send_lock:
+            if self.sock is None:
+                raise OSError(errno.EPIPE, f"the {self.name} is closed")
+            for start in range(0, len(frame), SEND_CHUNK):
+                self.sock.sendall(frame[start:start + SEND_CHUNK])
+                if progress is not None:
+                    progress(min(start + SEND_CHUNK, len(frame)), len(frame))
 
     def _read_frames(self):
         parser = FrameParser()
@@ -262,6 +267,10 @@ class GuestProcess(pexpect.fdpexpect.fdspawn):
     def send(self, s):
         self.channel.send(STDIN, s.encode() if isinstance(s, str) else s)
         return len(s)
+
+    def send_input(self, data):
+        """Bytes for the workload's terminal, as they are."""
+        self.channel.send(STDIN, data)
 
     def isalive(self):
         return not self._exit.is_set() and not self.channel.closed.is_set()

@@ -113,7 +113,7 @@ class HostRun:
                              plugin_counters=lambda: control().counters(), lossless=self.request.lossless)
         window.open(info_words=[])
         window.start_clock()
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,   # our stdin is its
                                    cwd=self._workload_dir())
         cleanup.callback(_kill, process)
         exited = window.wait(lambda poll: _exited_within(process, poll), self.request.timeout)
@@ -139,7 +139,7 @@ class HostRun:
         if self.request.traced:
             cleanup.callback(self._close_control)
             self._connect_control(child.isalive)
-        session = ProtocolSession(child)
+        session = ProtocolSession(child, send_input=lambda data: os.write(child.child_fd, data))
         window = TraceWindow(self.consumer, begin_recording=lambda check: self.control.enable(check),
                              end_recording=lambda check: self._end_recording(command, child, check),
                              plugin_counters=self.control and self.control.counters, lossless=self.request.lossless)

@@ -110,7 +110,9 @@ class SystemRun:
 
     def trace(self):
         self._prepare()
-        session = ProtocolSession(self._start_workload())
+        process = self._start_workload()
+        # Our stdin goes on to the workload, unless it is the monitor's (--dont_exit_qemu_when_done).
+        session = ProtocolSession(process, send_input=None if self.target.keep_qemu else process.send_input)
         self.progress.phase("waiting for the workload's `Ready to trace`")
         self.result.workload_info = session.read_info()
         if self.consumer is not None:

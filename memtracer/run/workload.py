@@ -4,7 +4,9 @@ A workload run with --dont_add_communications_with_host_to_workload prints the i
 two info markers, then `Ready to trace. Press enter to continue`, waits for Enter, runs, and prints
 `Stop tracing`. ProtocolSession follows that over any pexpect child (a pty here; the guest's
 channel in system mode)."""
+import os
 import signal
+import threading
 import time
 
 import pexpect
@@ -45,10 +47,18 @@ def exit_problem(exit_code, signal_number, output=""):
     return None
 
 
+# The terminal's end-of-file: ^D at the start of a line (a second one ends a line left open).
+TERMINAL_EOF = b"\x04"
+
+
 class ProtocolSession:
-    def __init__(self, child, name="the workload"):
+    """send_input(bytes) writes to the workload's terminal; with it, release() forwards
+    memory_tracer's own stdin to the workload, then its end as the terminal's EOF."""
+
+    def __init__(self, child, name="the workload", send_input=None):
         self.child = child
         self.name = name
+        self.send_input = send_input
         # pexpect sleeps 50 ms before each send by default: that would sit inside the timed window.
         child.delaybeforesend = None
         self.window_output = ""   # what the workload printed between Enter and `Stop tracing`
@@ -63,9 +73,23 @@ class ProtocolSession:
 
     def release(self):
         """Send the Enter that starts the workload's window; returns when it was sent (the start
-        of tracing_duration_in_milliseconds)."""
+        of tracing_duration_in_milliseconds). Then our stdin follows, so that `< input.txt` and
+        `< /dev/null` reach a workload that reads its stdin."""
         self.child.send("\n")
-        return time.monotonic()
+        released = time.monotonic()
+        if self.send_input is not None:
+            threading.Thread(target=self._forward_stdin, daemon=True).start()
+        return released
+
+    def _forward_stdin(self):
+        last = b"\n"
+        try:
+            while chunk := os.read(0, 65536):
+                self.send_input(chunk)
+                last = chunk[-1:]
+            self.send_input(TERMINAL_EOF if last == b"\n" else TERMINAL_EOF * 2)
+        except OSError:
+            pass   # no stdin at all, or the workload is gone
 
     def wait_for_stop(self, timeout=None):
         """Wait for `Stop tracing`; returns False when the timeout passed first."""
