@@ -124,7 +124,7 @@ static void plot_heatmap(FILE *out, ranked *hot, size_t count, size_t windows)
     }
     free(row);
     fclose(f);
-    fprintf(out, "plot: %s\n", gmbe_draw("heatmap", data, plot_option) == 0 ? plot_option : "failed (see stderr)");
+    gmbe_report_plot(out, "heatmap", data, plot_option);
 }
 
 static void pages_report(FILE *out)

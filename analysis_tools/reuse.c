@@ -150,7 +150,7 @@ static void plot_histogram(FILE *out, unsigned last_bin)
     }
     fprintf(f, "cold\t%" PRIu64 "\n", cold);
     fclose(f);
-    fprintf(out, "plot: %s\n", gmbe_draw("reuse", data, plot_option) == 0 ? plot_option : "failed (see stderr)");
+    gmbe_report_plot(out, "reuse", data, plot_option);
 }
 
 static void reuse_report(FILE *out)

@@ -204,6 +204,15 @@ def test_export_formats_line_by_line(tmp_path):
         assert values["lines"] == "3"
 
 
+def test_a_plot_that_fails_says_why_in_the_report(tmp_path):
+    # Under memory_tracer a tool's stderr is no terminal: the report's own line must say it.
+    trace = write_trace(tmp_path / "t.raw", make_records(np.arange(100) * 4096))
+    for tool in ("pages", "reuse"):
+        values, _ = run_tool(TOOLS / tool, trace, "--plot", tmp_path / "no_such_dir" / "x.png")
+        assert values["plot"] == (f"failed: FileNotFoundError: [Errno 2] No such file or directory: "
+                                  f"'{tmp_path / 'no_such_dir' / 'x.png'}'")
+
+
 def test_bad_tool_options_are_one_line(tmp_path):
     trace = write_trace(tmp_path / "t.raw", make_records([0]))
     result = subprocess.run([TOOLS / "cachesim", trace, "--l1", "33k:3:60"], stderr=subprocess.PIPE, text=True)
