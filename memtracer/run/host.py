@@ -33,6 +33,8 @@ class HostRun:
         self.private_dir = None
         self.consumer = None
         self.control = None
+        self.process = None        # a wrapped run's workload (or QEMU running it)
+        self._output = None        # and the file its output goes to
 
     def run(self):
         with ExitStack() as cleanup:
@@ -40,6 +42,7 @@ class HostRun:
             if self.request.traced:
                 self.consumer = make_consumer(self.request, self.private_dir)
                 cleanup.callback(self.consumer.close)
+            cleanup.callback(self._close_control)
             if self.request.follow_protocol:
                 self._run_protocol(cleanup)
             else:
@@ -89,43 +92,43 @@ class HostRun:
     def _run_wrapped(self, cleanup):
         command = self._command(enabled_from_start=True)
         log.debug("workload command: %s", " ".join(command))
-        output = cleanup.enter_context(open(self._path("workload.out"), "wb+"))
-        process = None
-
-        def control():
-            if self.control is None:
-                cleanup.callback(self._close_control)
-                self._connect_control(lambda: process.poll() is None)
-            return self.control
-
-        def end_recording(check):
-            if process.poll() is None:   # --timeout: the plugin is still recording
-                counters = control().end_window(check)
-                _kill(process)
-                return counters
-            return self._final_counters(command, process.returncode, workload_output(), check)
-
-        def workload_output():
-            output.seek(0)
-            return output.read().decode(errors="replace")
-
-        window = TraceWindow(self.consumer, end_recording=end_recording,
-                             plugin_counters=lambda: control().counters(), lossless=self.request.lossless)
+        self._output = cleanup.enter_context(open(self._path("workload.out"), "wb+"))
+        window = TraceWindow(self.consumer, end_recording=self._end_wrapped_recording,
+                             plugin_counters=lambda: self._running_control().counters(),
+                             lossless=self.request.lossless)
         window.open(info_words=[])
         window.start_clock()
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,   # our stdin is its
-                                   cwd=self._workload_dir())
-        cleanup.callback(_kill, process)
-        exited = window.wait(lambda poll: _exited_within(process, poll), self.request.timeout)
+        self.process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,   # our stdin is its
+                                        cwd=self._workload_dir())
+        cleanup.callback(_kill, self.process)
+        exited = window.wait(lambda poll: _exited_within(self.process, poll), self.request.timeout)
         window.stop_clock(self.result)
-        window.close(self.result, after_recording=lambda: _kill(process))
+        window.close(self.result, after_recording=lambda: _kill(self.process))
         if self.request.verbose:
-            sys.stderr.write(workload_output())
+            sys.stderr.write(self._workload_output())
         if not exited:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
         else:   # Popen's returncode: the exit code, or minus the signal's number
-            code = process.returncode
-            self.result.workload_problem = exit_problem(max(code, 0), max(-code, 0), workload_output())
+            code = self.process.returncode
+            self.result.workload_problem = exit_problem(max(code, 0), max(-code, 0), self._workload_output())
+
+    def _running_control(self):
+        """The control channel of the plugin that records from QEMU's start, connected on first use
+        (a wrapped run needs it only to watch delivery and for --timeout)."""
+        if self.control is None:
+            self._connect_control(lambda: self.process.poll() is None)
+        return self.control
+
+    def _end_wrapped_recording(self, check):
+        if self.process.poll() is None:   # --timeout: the plugin is still recording
+            counters = self._running_control().end_window(check)
+            _kill(self.process)
+            return counters
+        return self._final_counters(self.process.args, self.process.returncode, self._workload_output(), check)
+
+    def _workload_output(self):
+        self._output.seek(0)
+        return self._output.read().decode(errors="replace")
 
     # ------------------------------------------------------------------ protocol flow
 
@@ -137,7 +140,6 @@ class HostRun:
         child.logfile_read = sys.stderr if self.request.verbose else None
         cleanup.callback(child.close, force=True)
         if self.request.traced:
-            cleanup.callback(self._close_control)
             self._connect_control(child.isalive)
         session = ProtocolSession(child, send_input=lambda data: os.write(child.child_fd, data))
         window = TraceWindow(self.consumer, begin_recording=lambda check: self.control.enable(check),
