@@ -53,7 +53,7 @@ class FifoTransport:
         self.fifo.check_reader(reader_name)
 
     def unread_bytes(self):
-        return self.fifo.pending_bytes() if self.fifo.write_fd is not None else 0
+        return self.fifo.pending_bytes()
 
     def wait_until_drained(self, tool):
         self.fifo.wait_until_drained(tool.is_alive, DRAIN_TIMEOUT_SECONDS, "the analysis tool")
@@ -200,7 +200,7 @@ class UserFifoConsumer:
         self.fifo.check_reader(self.name)
 
     def unread_bytes(self):
-        return self.fifo.pending_bytes() if self.fifo.write_fd is not None else 0
+        return self.fifo.pending_bytes()
 
     def finish(self):
         self.fifo.wait_until_drained(lambda: True, DRAIN_TIMEOUT_SECONDS, self.name)

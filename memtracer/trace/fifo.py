@@ -70,7 +70,9 @@ class TraceFifo:
         return fcntl.fcntl(self.write_fd, F_GETPIPE_SZ)
 
     def pending_bytes(self):
-        """Bytes written into the FIFO that the reader has not read yet."""
+        """Bytes written into the FIFO that the reader has not read yet (none before it is open)."""
+        if self.write_fd is None:
+            return 0
         buf = fcntl.ioctl(self.write_fd, termios.FIONREAD, struct.pack("i", 0))
         return struct.unpack("i", buf)[0]
 
@@ -88,7 +90,7 @@ class TraceFifo:
 
     def wait_until_drained(self, reader_alive, timeout, reader_name="the reader"):
         deadline = time.monotonic() + timeout
-        while self.write_fd is not None and self.pending_bytes() > 0:
+        while self.pending_bytes() > 0:
             self.check_reader(reader_name)
             if not reader_alive():
                 raise TraceFifoError(f"{reader_name} exited before reading the whole trace "
