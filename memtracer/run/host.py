@@ -18,7 +18,7 @@ import pexpect
 from ..errors import ControlChannelError, QemuError
 from ..qemu.plugin_control import ControlChannel, parse_counters
 from ..trace.consumer import make_consumer
-from .window import RunResult, TraceWindow, plugin_argument
+from .window import RunResult, TraceWindow, exited_within, plugin_argument
 from .workload import ProtocolSession, exit_problem, script_interpreter
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class HostRun:
         self.process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,   # our stdin is its
                                         cwd=self._workload_dir())
         cleanup.callback(_kill, self.process)
-        exited = window.wait(lambda poll: _exited_within(self.process, poll), self.request.timeout)
+        exited = window.wait(lambda poll: exited_within(self.process, poll), self.request.timeout)
         window.stop_clock(self.result)
         window.close(self.result, after_recording=lambda: _kill(self.process))
         if self.request.verbose:
@@ -167,14 +167,6 @@ class HostRun:
     def _close_control(self):
         if self.control is not None:
             self.control.close()
-
-
-def _exited_within(process, seconds):
-    try:
-        process.wait(timeout=seconds)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def _kill(process):

@@ -25,7 +25,7 @@ from ..trace.consumer import make_consumer
 from .monitor import MonitorTracing, monitor_session
 from .placement import REQUEST_TIMEOUT_SECONDS, place_workload
 from .progress import Progress
-from .window import RunResult, TraceWindow, plugin_argument
+from .window import RunResult, TraceWindow, exited_within, plugin_argument
 from .workload import ProtocolSession
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class SystemRun:
         try:
             return session.wait_for_stop(timeout=poll)
         except WorkloadError:
-            if self._qemu_ended_within(2):   # the guest's ports closed because QEMU ended
+            if exited_within(self.machine.process, 2):   # the guest's ports closed because QEMU ended
                 raise self.machine.failure("ended while the workload ran") from None
             raise
 
@@ -266,10 +266,3 @@ class SystemRun:
             raise self.machine.failure("ended while the workload ran")
         self.progress.update(f"the workload runs{' (traced)' if self.request.traced else ''}: "
                              f"{window.elapsed():.0f} s")
-
-    def _qemu_ended_within(self, seconds):
-        try:
-            self.machine.process.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False

@@ -3,6 +3,7 @@ trace window (TraceWindow), the one place where the consumer starts, the plugin 
 workload's time is taken, liveness is watched, and every record is delivered and analysed before
 the window closes. host_run.py (user mode, native), system_run.py (full system) and the monitor's
 trace_start / trace_stop all open and close their windows through it."""
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +15,15 @@ from ..trace_settings import TraceSettings
 RUN_PLUGIN_KEYS = ("trace_fifo_path", "trace_shm_path", "trace_dir", "control_socket_path", "counters_path",
                    "enabled")
 POLL_SECONDS = 0.2   # how often a waiting run checks on the consumer and QEMU
+
+
+def exited_within(process, seconds):
+    """Whether the process (a Popen) exits within the seconds."""
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 @dataclass
