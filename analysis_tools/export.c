@@ -4,15 +4,39 @@
  *   lackey    Valgrind lackey:     " L <address %08x>,<size>" (S for stores)
  *   dramsim3  DRAMsim3 trace CPU:  "0x<hex address> <READ|WRITE> <cycle>", the
  *             record's index in the stream standing in for the cycle
+ *   parquet   a Parquet table, one column per record field (needs --output):
+ *             written by the Python exporter, which this tool becomes
  */
 #include "gmbe_reader.h"   /* first: it sets _GNU_SOURCE */
 #include "gmbe_text_output.h"
+
+#ifndef GMBE_PARQUET_EXPORT_SCRIPT
+#define GMBE_PARQUET_EXPORT_SCRIPT "export_parquet.py"
+#endif
 
 enum format { DIN, LACKEY, DRAMSIM3 };
 
 static const char *format_option = "din";
 static enum format format;
 static uint64_t index_of_next;
+static char **arguments;   /* the command line, for the Parquet exporter to take over */
+
+/* Parquet needs Arrow: the Python exporter (memtracer.trace.parquet) takes the same command line.
+ * Nothing has been read yet, and it does the protocol itself under memory_tracer. */
+static int become_parquet_exporter(void)
+{
+    int argc = 0;
+    while (arguments[argc]) {
+        argc++;
+    }
+    char **argv = calloc(argc + 2, sizeof(char *));
+    argv[0] = "python3";
+    argv[1] = GMBE_PARQUET_EXPORT_SCRIPT;
+    memcpy(&argv[2], &arguments[1], (argc - 1) * sizeof(char *));
+    execvp("python3", argv);
+    fprintf(stderr, "export: cannot start python3 %s: %s\n", GMBE_PARQUET_EXPORT_SCRIPT, strerror(errno));
+    return 1;
+}
 
 static int export_init(void)
 {
@@ -22,8 +46,10 @@ static int export_init(void)
         format = LACKEY;
     } else if (strcmp(format_option, "dramsim3") == 0) {
         format = DRAMSIM3;
+    } else if (strcmp(format_option, "parquet") == 0) {
+        return become_parquet_exporter();
     } else {
-        fprintf(stderr, "export: format must be din, lackey or dramsim3, but %s isn't\n", format_option);
+        fprintf(stderr, "export: format must be din, lackey, dramsim3 or parquet, but %s isn't\n", format_option);
         return 2;
     }
     return gmbe_open_text_output("export");
@@ -60,7 +86,7 @@ static void export_report(FILE *out)
 int main(int argc, char **argv)
 {
     static const gmbe_option options[] = {
-        { "format", &format_option, "din (Dinero IV), lackey (Valgrind lackey) or dramsim3" },
+        { "format", &format_option, "din (Dinero IV), lackey (Valgrind lackey), dramsim3 or parquet" },
         { "output", &gmbe_output_path, "write the lines to this file" },
         { "limit", &gmbe_limit_option, "at most this many lines (1000 under memory_tracer without --output)" },
         { NULL },
@@ -69,5 +95,6 @@ int main(int argc, char **argv)
         .name = "export", .summary = "Writes the trace in a format that simulators read.",
         .options = options, .init = export_init, .process = export_process, .report = export_report,
     };
+    arguments = argv;
     return gmbe_run_tool(&tool, argc, argv);
 }

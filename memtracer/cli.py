@@ -325,10 +325,10 @@ def _system_run_plan(args, settings, workload_args):
 
 
 @contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt(program="memory_tracer.py"):
     """SIGTERM (and SIGHUP) unwind like Ctrl-C, so every cleanup runs."""
     def raise_interrupted(signum, frame):
-        raise Interrupted(f"memory_tracer.py: stopped by {signal.Signals(signum).name}.")
+        raise Interrupted(f"{program}: stopped by {signal.Signals(signum).name}.")
     previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield

@@ -220,7 +220,7 @@ def test_bad_tool_options_are_one_line(tmp_path):
     assert result.stderr.strip() == ("cachesim: l1 must be SIZE:WAYS:LINE with a power-of-two line and number of "
                                      "sets (e.g. 32k:8:64), but 33k:3:60 isn't")
     result = subprocess.run([TOOLS / "export", trace, "--format", "csv"], stderr=subprocess.PIPE, text=True)
-    assert result.stderr.strip() == "export: format must be din, lackey or dramsim3, but csv isn't"
+    assert result.stderr.strip() == "export: format must be din, lackey, dramsim3 or parquet, but csv isn't"
 
 
 @pytest.mark.parametrize("tool,args,message", [

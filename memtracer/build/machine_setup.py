@@ -134,7 +134,8 @@ def build_plugins(tree):
 
 def build_analysis_tools():
     flags = [f"-I{REPO_DIR / 'qemu_patches'}", f"-I{REPO_DIR / 'analysis_tools'}",
-             f'-DGMBE_PLOT_SCRIPT="{REPO_DIR / "analysis_tools" / "plot.py"}"']
+             f'-DGMBE_PLOT_SCRIPT="{REPO_DIR / "analysis_tools" / "plot.py"}"',
+             f'-DGMBE_PARQUET_EXPORT_SCRIPT="{REPO_DIR / "analysis_tools" / "python" / "export_parquet.py"}"']
     built = [name for name, source in ANALYSIS_TOOLS
              if compile_c(ANALYSIS_TOOLS_DIR / name, source, flags, ANALYSIS_TOOL_HEADERS, libs=["-lzstd"])]
     step(f"analysis tools: {', '.join(built) + ' compiled' if built else 'up to date'}")

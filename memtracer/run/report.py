@@ -1,5 +1,8 @@
 """Standard output of a run: only the original memory_tracer.py's sections, in its order, each when it applies."""
 
+WORKLOAD_INFO, ANALYSIS_OUTPUT, TRACE_FILES, TRACE_INFO = ("workload info:", "analysis output:", "trace files:",
+                                                        "trace info:")
+DURATION = "tracing_duration_in_milliseconds"
 ATTENTION_COUNTERS = ("num_of_events_waiting_in_trace_buf", "num_of_missing_events", "num_of_dropped_events")
 
 
@@ -27,12 +30,26 @@ def trace_info_lines(counters):
 def format_report(result, print_trace_info):
     sections = []
     if result.workload_info:
-        sections += ["workload info:", result.workload_info]
-    sections.append(f"tracing_duration_in_milliseconds: {result.duration_ms}")
+        sections += [WORKLOAD_INFO, result.workload_info]
+    sections.append(f"{DURATION}: {result.duration_ms}")
     if result.analysis_output is not None:
-        sections += ["analysis output:", result.analysis_output]
+        sections += [ANALYSIS_OUTPUT, result.analysis_output]
     if result.trace_files is not None:
-        sections += ["trace files:", *(f"{path}: {records} records" for path, records in result.trace_files)]
+        sections += [TRACE_FILES, *(f"{path}: {records} records" for path, records in result.trace_files)]
     if print_trace_info and result.counters is not None:
-        sections += ["trace info:", *trace_info_lines(result.counters)]
+        sections += [TRACE_INFO, *trace_info_lines(result.counters)]
     return "\n".join(sections) + "\n"
+
+
+def parse_report(text):
+    """format_report's output read back: {section header: [its lines]}, the duration under DURATION."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line in (WORKLOAD_INFO, ANALYSIS_OUTPUT, TRACE_FILES, TRACE_INFO):
+            current = sections.setdefault(line, [])
+        elif line.startswith(DURATION + ": "):
+            sections[DURATION] = int(line.partition(": ")[2])
+            current = None      # the duration line ends the workload info
+        elif current is not None:
+            current.append(line)
+    return sections
