@@ -1,10 +1,12 @@
 """Campaigns on a real Dask LocalCluster of 2 workers, running the real memory_tracer and QEMU;
 traces as Parquet tables."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -343,10 +345,57 @@ tool = "{TOOLS / 'count'}"
 @pytest.mark.parametrize("args, message", [
     ([], "export: --format parquet needs --output FILE.parquet"),
     (["--output", "/no_such_dir/t.parquet"], "export: cannot write /no_such_dir/t.parquet: No such file or directory"),
+    (["--output", "/dev/full"], "export: writing /dev/full failed: [Errno 28]"),
 ])
 def test_bad_parquet_export_is_one_line(tmp_path, args, message):
     trace = tmp_path / "t.raw"
-    trace.write_bytes(bytes(7) + b"\x80" + bytes(8))     # one valid record
+    trace.write_bytes((bytes(7) + b"\x80" + bytes(8)) * 100_000)     # valid records
     result = subprocess.run([TOOLS / "export", trace, "--format", "parquet", *args], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip() == message
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_a_running_dask_cluster_of_ones_own(private_tmp, tmp_path):
+    """--scheduler: a scheduler and workers started with Dask's own commands, as on a cluster."""
+    dask = Path(sys.executable).parent / "dask"
+    # Dask's own scratch space apart: private_tmp must end as empty as the runs leave it.
+    env = dict(os.environ, TMPDIR=str(private_tmp), DASK_TEMPORARY_DIRECTORY=str(tmp_path / "dask"))
+    scheduler_file = tmp_path / "scheduler.json"
+    started = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                 "--scheduler-file", scheduler_file], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 30
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        started.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "2",
+                                         "--no-dashboard"], cwd=tmp_path,
+                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        path = campaign(tmp_path, f"""
+repetitions = 4
+
+[[workload]]
+path_on_host = "{PROGRAMS / 'mem_loop'}"
+args = "1024 1"
+
+[matrix]
+user_mode = [true]
+
+[[analysis]]
+tool = "{TOOLS / 'count'}"
+""")
+        results = tmp_path / "results.parquet"
+        run = subprocess.run([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results",
+                              str(results), "--scheduler", address], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(timeout=30)
+    assert run.returncode == 0, run.stderr
+    rows = pq.read_table(results).to_pylist()
+    assert [row["status"] for row in rows] == ["finished"] * 4
+    assert {row["workload"] for row in rows} == {"mem_loop"}
+    assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in rows)
+    assert all(row["count_num_of_records"] > 300_000 for row in rows)

@@ -11,6 +11,8 @@ memory_tracer."""
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from ..analysis_api import AnalysisTool   # first: it moves a foreign python3 into the project's environment
 
@@ -38,6 +40,7 @@ COLUMNS = [
     ("virt_addr", pa.uint64()),
 ]
 EXTENDED_COLUMNS = [("phys_addr", pa.uint64()), ("pc", pa.uint64())]
+ADDRESS_COLUMNS = ("virt_addr", "phys_addr", "pc")
 
 
 def schema(extended):
@@ -52,11 +55,18 @@ class ParquetTraceWriter:
         self.path = path
         self.extended = extended
         self.schema = schema(extended)
-        # seq is a counter: delta encoding stores it in almost nothing.
-        self._writer = pq.ParquetWriter(path, self.schema, compression=COMPRESSION,
-                                        use_dictionary=False, column_encoding={"seq": "DELTA_BINARY_PACKED"})
+        # seq is a counter: delta encoding stores it in almost nothing. Addresses share their high
+        # bytes: split into byte streams, zstd finds the repeats.
+        encodings = {"seq": "DELTA_BINARY_PACKED"}
+        encodings.update({name: "BYTE_STREAM_SPLIT" for name in ADDRESS_COLUMNS if name in self.schema.names})
+        self._writer = pq.ParquetWriter(path, self.schema, compression=COMPRESSION, use_dictionary=False,
+                                        column_encoding=encodings)
         self._pending = []
         self._pending_rows = 0
+        # Encoding and compressing a row group (Arrow, without the GIL) overlaps with reading and
+        # splitting the next; one thread keeps the row groups in order.
+        self._encoder = ThreadPoolExecutor(max_workers=1)
+        self._encoding = None
         self.records = 0
         self.row_groups = 0
         self.markers = []
@@ -80,6 +90,8 @@ class ParquetTraceWriter:
     def close(self):
         while self._pending_rows:
             self._flush(min(self._pending_rows, ROW_GROUP_RECORDS))
+        self._wait_for_encoding()
+        self._encoder.shutdown()
         self._writer.add_key_value_metadata({MARKERS_KEY: json.dumps(self.markers).encode()})
         self._writer.close()
 
@@ -119,9 +131,15 @@ class ParquetTraceWriter:
                 kept.append(chunk)
         table = pa.table({name: np.concatenate([chunk[name] for chunk in taken]) for name in self.schema.names},
                          schema=self.schema)
-        self._writer.write_table(table, row_group_size=rows)
+        self._wait_for_encoding()
+        self._encoding = self._encoder.submit(self._writer.write_table, table, row_group_size=rows)
         self._pending, self._pending_rows = kept, self._pending_rows - rows
         self.row_groups += 1
+
+    def _wait_for_encoding(self):
+        if self._encoding is not None:
+            self._encoding.result()      # raises what writing raised (e.g. a full disk)
+            self._encoding = None
 
 
 def trace_markers(path):
@@ -166,15 +184,26 @@ class ParquetExport(AnalysisTool):
             self.writer = ParquetTraceWriter(self.option["output"], extended)
         return self.writer
 
+    @contextmanager
+    def _writing(self):
+        """A write that fails (a full disk) ends the tool with one line, its report never half true."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            sys.exit(f"{self.name}: writing {self.option['output']} failed: {exc}")
+
     def process(self, records):
-        self._writer_for(records.dtype == EXTENDED_DTYPE).write(records, self.phase)
+        with self._writing():
+            self._writer_for(records.dtype == EXTENDED_DTYPE).write(records, self.phase)
 
     def marker(self, kind, number, vcpu):
-        self.phase = self._writer_for(self._extended_input()).add_marker(kind, number, vcpu)
+        with self._writing():
+            self.phase = self._writer_for(self._extended_input()).add_marker(kind, number, vcpu)
 
     def report(self):
-        writer = self._writer_for(self._extended_input())   # no records: a table of none
-        writer.close()
+        with self._writing():
+            writer = self._writer_for(self._extended_input())   # no records: a table of none
+            writer.close()
         size = os.path.getsize(self.option["output"])
         per_record = f"{size / writer.records:.2f}" if writer.records else "0"
         return "\n".join([f"parquet_file: {self.option['output']}", f"records: {writer.records}",
