@@ -34,6 +34,30 @@ def campaign(tmp_path, body, name="campaign.toml"):
     return path
 
 
+def mem_loop_campaign(tmp_path, args, repetitions, keep_traces=None, more_analyses=""):
+    """mem_loop in user mode, `repetitions` times, counted (and analysed by more_analyses)."""
+    kept = f'keep_traces = "{keep_traces}"\n' if keep_traces else ""
+    return campaign(tmp_path, f"""{kept}repetitions = {repetitions}
+
+[[workload]]
+name = "mem_loop"
+path_on_host = "{PROGRAMS / 'mem_loop'}"
+args = "{args}"
+
+[matrix]
+user_mode = [true]
+
+[[analysis]]
+tool = "{TOOLS / 'count'}"
+{more_analyses}""")
+
+
+def start_campaign(path, results, env, *extra, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results", str(results),
+                             *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
 def run_campaign(path, results, *extra, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results", str(results),
                            "--workers", "2", *extra], cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
@@ -142,25 +166,9 @@ def children_of(pid):
 def test_a_killed_worker_costs_one_retry(private_tmp, tmp_path):
     """A worker SIGKILLed mid-run: its memory_tracer ends at once, the run is retried elsewhere, and
     the campaign finishes."""
-    path = campaign(tmp_path, f"""
-repetitions = 3
-
-[[workload]]
-name = "mem_loop"
-path_on_host = "{PROGRAMS / 'mem_loop'}"
-args = "65536 4"
-
-[matrix]
-user_mode = [true]
-
-[[analysis]]
-tool = "{TOOLS / 'count'}"
-""")
+    path = mem_loop_campaign(tmp_path, "65536 4", repetitions=3)
     results = tmp_path / "results.parquet"
-    env = dict(os.environ, TMPDIR=str(private_tmp))
-    process = subprocess.Popen([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results",
-                                str(results), "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_campaign(path, results, dict(os.environ, TMPDIR=str(private_tmp)), "--workers", "2")
     try:
         victim = worker_running_memory_tracer(process, time.monotonic() + 60)
         orphans = children_of(victim)
@@ -184,21 +192,7 @@ tool = "{TOOLS / 'count'}"
 def test_kept_traces_read_by_several_analyses(private_tmp, tmp_path):
     """Two analyses of one recorded trace, kept where the campaign says, named in the results."""
     traces = tmp_path / "traces"
-    path = campaign(tmp_path, f"""
-keep_traces = "{traces}"
-repetitions = 2
-
-[[workload]]
-name = "mem_loop"
-path_on_host = "{PROGRAMS / 'mem_loop'}"
-args = "1024 1"
-
-[matrix]
-user_mode = [true]
-
-[[analysis]]
-tool = "{TOOLS / 'count'}"
-
+    path = mem_loop_campaign(tmp_path, "1024 1", repetitions=2, keep_traces=traces, more_analyses=f"""
 [[analysis]]
 name = "parquet"
 tool = "{TOOLS / 'export'}"
@@ -308,25 +302,11 @@ def test_trace_parquet_holds_exactly_the_trace(tracer, tmp_path):
 
 
 def test_ctrl_c_ends_the_campaign_and_everything_it_started(private_tmp, tmp_path):
-    path = campaign(tmp_path, f"""
-repetitions = 4
-
-[[workload]]
-name = "mem_loop"
-path_on_host = "{PROGRAMS / 'mem_loop'}"
-args = "65536 4"
-
-[matrix]
-user_mode = [true]
-
-[[analysis]]
-tool = "{TOOLS / 'count'}"
-""")
+    path = mem_loop_campaign(tmp_path, "65536 4", repetitions=4)
     results = tmp_path / "results.parquet"
     # Its own process group, as a terminal gives it: Ctrl-C reaches every process of the group.
-    process = subprocess.Popen([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results",
-                                str(results), "--workers", "2"], cwd=REPO, env=dict(os.environ, TMPDIR=str(private_tmp)),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = start_campaign(path, results, dict(os.environ, TMPDIR=str(private_tmp)), "--workers", "2",
+                             start_new_session=True)
     try:
         worker_running_memory_tracer(process, time.monotonic() + 60)
         os.killpg(process.pid, signal.SIGINT)
@@ -372,19 +352,7 @@ def test_a_running_dask_cluster_of_ones_own(private_tmp, tmp_path):
         started.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "2",
                                          "--no-dashboard"], cwd=tmp_path,
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        path = campaign(tmp_path, f"""
-repetitions = 4
-
-[[workload]]
-path_on_host = "{PROGRAMS / 'mem_loop'}"
-args = "1024 1"
-
-[matrix]
-user_mode = [true]
-
-[[analysis]]
-tool = "{TOOLS / 'count'}"
-""")
+        path = mem_loop_campaign(tmp_path, "1024 1", repetitions=4)
         results = tmp_path / "results.parquet"
         run = subprocess.run([sys.executable, "-m", "memtracer.campaign", "run", str(path), "--results",
                               str(results), "--scheduler", address], cwd=REPO, env=env, capture_output=True,
