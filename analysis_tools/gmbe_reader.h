@@ -35,6 +35,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -467,6 +468,27 @@ static int gmbe_is_ring(const char *path, const struct stat *st)
     return is_ring;
 }
 
+/*
+ * Under memory_tracer, the ring beside the FIFO (gmbe_ring.h): attach to it, so that the plugin
+ * writes there instead. Returns its path, or NULL (no ring offered: the FIFO, as in the original).
+ */
+static const char *gmbe_attach_offered_ring(void)
+{
+    const char *path = getenv(GMBE_RING_ENV);
+    struct stat st;
+    if (!path || !*path || stat(path, &st) != 0 || !gmbe_is_ring(path, &st)) {
+        return NULL;
+    }
+    uint32_t attached = 1;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int done = fd >= 0 && pwrite(fd, &attached, sizeof attached,
+                                 offsetof(struct gmbe_ring_header, attached)) == (ssize_t)sizeof attached;
+    if (fd >= 0) {
+        close(fd);
+    }
+    return done ? path : NULL;
+}
+
 static size_t gmbe_ring_record_size(const char *path)
 {
     struct gmbe_ring_header h;
@@ -525,6 +547,10 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
     struct stat st;
     int exists = stat(argv[1], &st) == 0;
     int ring = exists && gmbe_is_ring(argv[1], &st);
+    const char *ring_path = ring ? argv[1] : NULL;
+    if (exists && S_ISFIFO(st.st_mode) && (ring_path = gmbe_attach_offered_ring()) != NULL) {
+        ring = 1;     /* the ring memory_tracer offered beside the FIFO: no copy through the kernel */
+    }
     gmbe_replaying = exists && !S_ISFIFO(st.st_mode) && !ring;
     const char *format = getenv("GMBE_RECORD_FORMAT");
     gmbe_record_size = gmbe_format_record_size(format);
@@ -550,7 +576,7 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
         gmbe_source.log_of_tracing_ratio = GMBE_SETTING_UNKNOWN;
     }
     if (ring) {
-        gmbe_record_size = gmbe_ring_record_size(argv[1]);
+        gmbe_record_size = gmbe_ring_record_size(ring_path);
     }
     if (tool->init && tool->init() != 0) {
         return 2;
@@ -569,7 +595,7 @@ static int gmbe_run_tool(const gmbe_tool *tool, int argc, char **argv)
         fflush(stdout);
     }
     if (ring) {
-        gmbe_follow_ring(tool, argv[1], &unblocked);
+        gmbe_follow_ring(tool, ring_path, &unblocked);
         gmbe_print_report(tool);
         return 0;
     }

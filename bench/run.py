@@ -51,7 +51,9 @@ PYTHON_COUNT_SHM = ["--analysis_tool_path", str(REPO / "analysis_tools" / "pytho
 MEM_PLUGIN = BUILD_DIR / "bench" / "libmem.so"
 QEMU_MODES = {
     "untraced": ["--dont_trace"],
+    "untraced Debian": ["--dont_trace"],      # Debian's own QEMU binaries (DEBIAN_QEMU_DIR)
     "traced": COUNT,
+    "callback": COUNT + ["--callback_records"],
     "shm ring": PYTHON_COUNT_SHM,
     "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
@@ -62,9 +64,12 @@ QEMU_MODES = {
     "insn limit": COUNT + ["--max_instructions", str(10 ** 15)],
 }
 SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
+# Debian's qemu-system-x86_64 and qemu-x86_64 laid out as a qemu_with_GMBEOO directory: is the
+# patched QEMU, untraced, as fast as Debian's?
+DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
-COLORS = {"traced": "tab:blue", "shm ring": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
+COLORS = {"traced": "tab:blue", "callback": "tab:olive", "untraced Debian": "black", "shm ring": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
           "insn limit": "tab:gray"}
 GOALS = """Goals: full-system traced/untraced <= 1.3x; user mode traced/native <= 5x; sampled 1/1024 <= 1.2x
@@ -139,6 +144,18 @@ def memory_tracer(args):
     return values
 
 
+def debian_qemu_dir():
+    """Debian's QEMU binaries where memory_tracer looks for them (the plugin is not loaded untraced)."""
+    DEBIAN_QEMU_DIR.mkdir(parents=True, exist_ok=True)
+    for name, target in (("qemu-system-x86_64", shutil.which("qemu-system-x86_64")),
+                         ("qemu-x86_64", shutil.which("qemu-x86_64")), ("qemu-img", shutil.which("qemu-img")),
+                         ("libgmbeoo.so", DEFAULT_QEMU_DIR / "libgmbeoo.so")):
+        link = DEBIAN_QEMU_DIR / name
+        if not link.is_symlink():
+            link.symlink_to(target)
+    return DEBIAN_QEMU_DIR
+
+
 def lackey(workload, data_dir):
     """Valgrind lackey --trace-mem=yes on the program (its trace to /dev/null): wall-clock ms."""
     args = workload.host_args(data_dir)[3].split()
@@ -153,6 +170,11 @@ def run_mode(suite, mode, workload, data_dir):
         return memory_tracer(["dummy", "dummy", "dummy", "--dont_use_qemu", *workload.host_args(data_dir)])
     if mode == "lackey":
         return lackey(workload, data_dir)
+    if mode == "untraced Debian":
+        debian = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(debian_qemu_dir())]
+        if suite == "system":
+            return memory_tracer([*debian, *QEMU_MODES[mode], *workload.guest_args()])
+        return memory_tracer(["--user_mode", *debian, *QEMU_MODES[mode], *workload.host_args(data_dir)])
     if suite == "system":
         return memory_tracer([*SYSTEM, *QEMU_MODES[mode], *workload.guest_args()])
     return memory_tracer(["--user_mode", *QEMU_MODES[mode], *workload.host_args(data_dir)])

@@ -21,8 +21,10 @@ Run it like any tool: by memory_tracer (`--analysis_tool_path tool.py`), or on a
 `record` tool (or raw records) to analyse a trace again: `tool.py trace.gmbe [options]`, with
 progress on stderr. Options are declared in `options` ({name: default}) and given as
 `--name value`, `--name=value` or `name=value`; other words are the workload info (`self.info`).
-Under memory_tracer with --shared_memory_ring, argv[1] is a shared-memory ring instead of a FIFO
-(memtracer.trace.shm_ring); the tool does not need to know.
+Under memory_tracer, argv[1] is the trace FIFO of the original protocol, and the tool takes the
+shared-memory ring that memory_tracer offers beside it instead (memtracer.trace.shm_ring: no copy
+through the kernel); with --shared_memory_ring argv[1] is that ring itself. The tool does not need
+to know.
 
 Every record format reaches process() as RECORD_DTYPE's 16-byte records (compact ones widened,
 extended ones narrowed), or, for a tool that sets `extended = True`, with extended records as
@@ -49,7 +51,7 @@ from .layout import BUILD_DIR  # noqa: E402
 from .protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY  # noqa: E402
 from .record import (DTYPE_BY_RECORD_SIZE, MARKER_KINDS, RECORD_DTYPE, RECORD_FORMATS, as_records,  # noqa: E402
                      is_marker, marker_kinds, narrow_extended)
-from .trace.shm_ring import ShmRingReader, is_ring  # noqa: E402
+from .trace.shm_ring import ShmRingReader, attach_offered_ring, is_ring  # noqa: E402
 from .trace.trace_file import TraceHeader, read_batches  # noqa: E402
 
 READ_BYTES = 1 << 20
@@ -93,6 +95,9 @@ class AnalysisTool:
         self._record_size = RECORD_FORMATS[format_name]
         source = argv[1]
         ring = is_ring(source)
+        if not ring and os.path.exists(source) and stat.S_ISFIFO(os.stat(source).st_mode):
+            offered = attach_offered_ring()      # the ring beside the FIFO: no copy through the kernel
+            source, ring = (offered, True) if offered else (source, False)
         replaying = os.path.exists(source) and not stat.S_ISFIFO(os.stat(source).st_mode) and not ring
         self.start()
         if replaying:

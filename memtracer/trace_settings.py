@@ -43,6 +43,12 @@ class TraceSettings:
     drop_when_trace_fifo_full: bool = setting(
         False, "Drop (and count) records when the reader is slower than the guest, instead of making "
                "the guest wait (the default is lossless).")
+    callback_records: bool = setting(
+        False, "Record each access through a plugin callback, as a stock QEMU must, instead of the "
+               "records that the patched QEMU of build.py writes in its generated code (the same "
+               "records, slower: for comparison).")
+    buffer_records: int = setting(
+        4096, "Records each vCPU buffers before handing them over to the trace (a power of two).")
 
     @classmethod
     def from_arguments(cls, args):
@@ -60,6 +66,8 @@ class TraceSettings:
             value = getattr(self, name)
             if not 0 <= value <= 64:
                 raise BadInputError(f"{name} must be in range [0, 64], but {value} isn't.")
+        if self.buffer_records < 1 or self.buffer_records & (self.buffer_records - 1):
+            raise BadInputError(f"buffer_records must be a power of two, but {self.buffer_records} isn't.")
         total = self.log_of_GMBE_block_len + self.log_of_GMBE_tracing_ratio
         if total > 64:
             raise BadInputError(

@@ -8,6 +8,11 @@
  * writes only its own counter, so no lock and no system call is needed while
  * the stream flows. An empty ring makes the consumer poll, a full one makes
  * the producer poll (20 us sleeps). memtracer/trace/shm_ring.py is the Python side.
+ *
+ * Negotiated under memory_tracer: a tool that can read the ring finds its path
+ * in GMBE_RING_ENV beside the FIFO of argv[1], and sets `attached` before it
+ * prints "Ready to analyze"; the plugin then writes to the ring, and the FIFO
+ * is left alone. Any other tool reads the FIFO, as the original protocol says.
  */
 #ifndef GMBE_RING_H
 #define GMBE_RING_H
@@ -16,6 +21,7 @@
 
 #define GMBE_RING_MAGIC "GMBERNG\n"
 #define GMBE_RING_VERSION 1
+#define GMBE_RING_ENV "GMBE_TRACE_RING"
 
 struct gmbe_ring_header {
     char magic[8];
@@ -25,6 +31,7 @@ struct gmbe_ring_header {
     uint64_t data_offset;        /* bytes from the start of the file */
     uint64_t head __attribute__((aligned(64)));   /* written by the producer only */
     uint64_t tail __attribute__((aligned(64)));   /* written by the consumer only */
+    uint32_t attached __attribute__((aligned(64)));  /* set by a tool that reads the ring */
 };
 
 #endif

@@ -52,7 +52,7 @@
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 #define MAX_VCPUS 4096
-#define RING_RECORDS 4096u          /* per vCPU: one write() per 64 KiB of 16-byte records */
+#define DEFAULT_BUFFER_RECORDS 4096u   /* per vCPU: one write() per 64 KiB of 16-byte records */
 #define DROP_RETRY_INTERVAL 1024u   /* drop mode: retry the FIFO every N drops */
 #define MEMINFO_TABLE_SIZE (1u << 18)
 #define MEMINFO_DECODED 0x80u
@@ -65,7 +65,8 @@ typedef struct {
     uint64_t head;               /* records ever appended */
     uint64_t events;             /* events that passed the CPL filter, ever */
     uint64_t header;             /* the constant bits of this vCPU's records */
-    uint64_t *words;             /* RING_RECORDS records of record_words words */
+    uint64_t vcpu_bits;          /* the vCPU index's bits in its records */
+    uint64_t *words;             /* buffer_records records of record_words words */
     uint64_t dropped;            /* ever */
     uint64_t drop_retry_countdown;
     uint64_t markers;            /* marker records ever appended */
@@ -76,6 +77,7 @@ typedef struct {
     uint64_t tail __attribute__((aligned(64)));
     uint64_t markers_flushed;
     int fd;                      /* trace_dir: this vCPU's own trace file */
+    uint64_t inline_tail;        /* inline records: where the records not yet handed over begin */
     uint64_t records_in_file;
     /* Snapshots taken by "enable": the counters report what came after. */
     uint64_t head_at_enable;
@@ -100,15 +102,19 @@ typedef struct {
     RecordWords record_words;
     bool only_marked_regions;
     uint64_t max_instructions;
+    bool callback_records;
+    uint64_t buffer_records;
 } Config;
 
 static qemu_plugin_id_t plugin_id;
-static Config config = { .enabled = true, .record_words = FORMAT_STANDARD };
+static Config config = { .enabled = true, .record_words = FORMAT_STANDARD,
+                         .buffer_records = DEFAULT_BUFFER_RECORDS };
 
 /* What decides whether records are written: see update_tracing(). */
 static bool window_open;               /* the host's trace window (enable .. disable) */
 static bool region_active;             /* between the guest's region_begin and region_end */
 static uint64_t sampling_mask;
+static uint64_t buffer_mask;           /* buffer_records - 1: the callback path's ring */
 
 static VcpuRing *rings[MAX_VCPUS];
 static unsigned num_rings;             /* highest vCPU index + 1 */
@@ -356,6 +362,162 @@ static bool have_trace(void)
     return trace_fd >= 0 || shm_ring || config.trace_dir;
 }
 
+/* ------------------------------------------------------------ inline records */
+
+/*
+ * With QEMU patched from qemu_patches/ (build.py builds it), the generated code
+ * writes each access's record into the vCPU's buffer itself: a constant word
+ * chosen here when the access is translated (record_word), and the address.
+ * No call per access. The plugin sees the records when they are handed over:
+ * when the buffer is full (inline_buffer_full, called by the generated code),
+ * at a marker, when tracing changes, at the end. The vCPU index (a translation
+ * is shared by all vCPUs) and sampling are applied then. A stock QEMU has none
+ * of these functions (they are weak): the callback path runs there instead.
+ */
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+#pragma weak qemu_plugin_register_vcpu_mem_inline_record
+#pragma weak qemu_plugin_register_record_full_cb
+#pragma weak qemu_plugin_set_record_buffer
+#pragma weak qemu_plugin_record_buffer_next
+#define INLINE_SLACK_RECORDS (QEMU_PLUGIN_RECORD_SLACK + 1)
+
+static bool inline_available(void)
+{
+    return qemu_plugin_register_vcpu_mem_inline_record && qemu_plugin_register_record_full_cb &&
+           qemu_plugin_set_record_buffer && qemu_plugin_record_buffer_next;
+}
+#else
+#define INLINE_SLACK_RECORDS 0
+#endif
+
+static bool use_inline;     /* decided at install: a QEMU that can, and no callback_records=on */
+
+/* Records a vCPU buffer holds: the generated code checks for room only now and then. */
+static size_t buffer_capacity(void)
+{
+    return (size_t)config.buffer_records + (use_inline ? INLINE_SLACK_RECORDS : 0);
+}
+
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+static uint64_t *inline_limit(VcpuRing *r)
+{
+    return r->words + config.buffer_records * config.record_words;
+}
+
+static uint64_t inline_position(VcpuRing *r)
+{
+    return (uint64_t)((uint64_t *)qemu_plugin_record_buffer_next(r->index) - r->words) / config.record_words;
+}
+
+/* The constant word of an access's record: what store_record writes but the vCPU and address. */
+static uint64_t record_word(qemu_plugin_meminfo_t info, void *udata)
+{
+    uint64_t bits = decode_meminfo_slow(info) | (uintptr_t)udata;
+    return config.record_words == FORMAT_COMPACT ? bits << 48 : ((uint64_t)GMBE_VALID_BYTE << 56) | bits;
+}
+
+/* Records [from, to) of the buffer go out (markers among them); caller holds writer_lock. */
+static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t markers, bool may_block)
+{
+    uint64_t n = to - from;
+    if (n == 0) {
+        return;
+    }
+    if (have_trace() && !trace_broken) {
+        int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
+        if (write_fully(fd, &r->words[from * config.record_words], n * record_bytes(), may_block)) {
+            r->records_in_file += n;
+            written_to_file += n - markers;
+        } else if (!trace_broken) {
+            r->dropped += n - markers;     /* drop mode, and the reader is behind */
+            r->markers_flushed += markers;
+            return;
+        }
+    }
+    r->markers_flushed += markers;
+    __atomic_store_n(&r->head, r->head + n, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->tail, r->head, __ATOMIC_RELEASE);
+}
+
+/*
+ * Hands over what the vCPU wrote since the last time: added the vCPU's bits,
+ * then markers always, and accesses while tracing, sampled. Caller holds
+ * writer_lock. Safe beside the running vCPU: records before its next pointer
+ * are complete, and it writes only after it.
+ */
+static void settle_inline_locked(VcpuRing *r, bool may_block)
+{
+    const size_t w = config.record_words;
+    uint64_t from = r->inline_tail, to = inline_position(r);
+    uint64_t *words = r->words;
+    bool traced = __atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE);
+    if (r->vcpu_bits) {
+        for (uint64_t i = from; i < to; i++) {
+            words[i * w] |= r->vcpu_bits;
+        }
+    }
+    bool markers = __atomic_load_n(&r->markers, __ATOMIC_ACQUIRE) != r->markers_flushed;
+    uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
+    if (!markers && mask == 0) {            /* the usual case: all of it, in one piece */
+        if (traced) {
+            r->events += to - from;
+            deliver_locked(r, from, to, 0, may_block);
+        }
+    } else {
+        /* Runs of records kept: sampling keeps blocks of consecutive events. */
+        uint64_t run = from, run_markers = 0;
+        for (uint64_t i = from; i < to; i++) {
+            bool keep;
+            if (markers && is_marker_word(words[i * w])) {
+                keep = true;
+            } else {
+                keep = traced && !((r->events++ - r->events_at_enable) & mask);
+            }
+            if (!keep) {
+                deliver_locked(r, run, i, run_markers, may_block);
+                run = i + 1;
+                run_markers = 0;
+            } else {
+                run_markers += markers && is_marker_word(words[i * w]);
+            }
+        }
+        deliver_locked(r, run, to, run_markers, may_block);
+    }
+    r->inline_tail = to;
+}
+
+/* The generated code found the buffer full (or a marker needs room): hand over, start again. */
+static void inline_buffer_full(unsigned int vcpu_index, void *udata)
+{
+    VcpuRing *r = rings[vcpu_index];
+    pthread_mutex_lock(&writer_lock);
+    settle_inline_locked(r, !config.drop_when_full);
+    r->inline_tail = 0;
+    qemu_plugin_set_record_buffer(vcpu_index, r->words, inline_limit(r));
+    pthread_mutex_unlock(&writer_lock);
+}
+
+static void start_inline_buffer(VcpuRing *r)
+{
+    if (use_inline && r->inline_tail == 0 && qemu_plugin_record_buffer_next(r->index) == NULL) {
+        qemu_plugin_set_record_buffer(r->index, r->words, inline_limit(r));
+    }
+}
+#else
+static void settle_inline_locked(VcpuRing *r, bool may_block) {}
+static void start_inline_buffer(VcpuRing *r) {}
+#endif
+
+/* Before tracing changes on this vCPU (its own thread): what it wrote so far goes by the old rule. */
+static void settle_before_change(VcpuRing *r)
+{
+    if (use_inline) {
+        pthread_mutex_lock(&writer_lock);
+        settle_inline_locked(r, true);
+        pthread_mutex_unlock(&writer_lock);
+    }
+}
+
 /*
  * Writes out the ring's records up to its current head. Caller holds
  * writer_lock. In drop mode with may_block false, gives up when the FIFO is
@@ -363,13 +525,17 @@ static bool have_trace(void)
  */
 static bool flush_ring_locked(VcpuRing *r, bool may_block)
 {
+    if (use_inline) {
+        settle_inline_locked(r, may_block);
+        return true;
+    }
     uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
     uint64_t tail = r->tail;
     while (tail != head && have_trace() && !trace_broken) {
-        uint64_t start = tail % RING_RECORDS;
+        uint64_t start = tail & buffer_mask;
         uint64_t count = head - tail;
-        if (start + count > RING_RECORDS) {
-            count = RING_RECORDS - start;   /* up to the end of the ring first */
+        if (start + count > config.buffer_records) {
+            count = config.buffer_records - start;   /* up to the end of the ring first */
         }
         int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
         if (!write_fully(fd, &r->words[start * config.record_words], count * record_bytes(), may_block)) {
@@ -419,7 +585,7 @@ static COLD bool make_room(VcpuRing *r)
     if (pthread_mutex_trylock(&writer_lock) == 0) {
         flush_ring_locked(r, false);
         pthread_mutex_unlock(&writer_lock);
-        emptied = r->head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) < RING_RECORDS;
+        emptied = r->head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) < config.buffer_records;
     }
     if (!emptied) {
         r->dropped++;
@@ -430,7 +596,7 @@ static COLD bool make_room(VcpuRing *r)
 
 static inline bool ring_full(VcpuRing *r, uint64_t head)
 {
-    return head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) >= RING_RECORDS;
+    return head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE) >= config.buffer_records;
 }
 
 /* ------------------------------------------------------------- whether to trace */
@@ -463,7 +629,7 @@ static void update_tracing(void)
 static inline void store_record(VcpuRing *r, uint64_t head, uint8_t bits, qemu_plugin_meminfo_t info,
                                 uint64_t vaddr, uintptr_t udata, const RecordWords words)
 {
-    uint64_t *slot = &r->words[(head % RING_RECORDS) * words];
+    uint64_t *slot = &r->words[(head & buffer_mask) * words];
     if (words == FORMAT_COMPACT) {
         slot[0] = r->header | ((uint64_t)(udata | bits) << 48) | (vaddr & GMBE_COMPACT_ADDR_MASK);
     } else if (words == FORMAT_STANDARD) {
@@ -572,12 +738,29 @@ static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
     if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE) || trace_broken) {
         return;
     }
+    struct gmbe_record m = gmbe_marker(r->index, kind, number);
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    if (use_inline) {       /* in the stream the generated code writes, where it is now */
+        uint64_t *next = qemu_plugin_record_buffer_next(r->index);
+        if (next >= inline_limit(r)) {
+            inline_buffer_full(r->index, NULL);
+            next = r->words;
+        }
+        memset(next, 0, record_bytes());
+        next[0] = config.record_words == FORMAT_COMPACT ? gmbe_compact_encode(&m) : m.info_word;
+        if (config.record_words != FORMAT_COMPACT) {
+            next[1] = m.virt_addr;
+        }
+        __atomic_store_n(&r->markers, r->markers + 1, __ATOMIC_RELEASE);
+        qemu_plugin_set_record_buffer(r->index, next + config.record_words, inline_limit(r));
+        return;
+    }
+#endif
     uint64_t head = r->head;
     if (ring_full(r, head) && !make_room(r)) {
         return;
     }
-    struct gmbe_record m = gmbe_marker(r->index, kind, number);
-    uint64_t *slot = &r->words[(head % RING_RECORDS) * config.record_words];
+    uint64_t *slot = &r->words[(head & buffer_mask) * config.record_words];
     if (config.record_words == FORMAT_COMPACT) {
         slot[0] = gmbe_compact_encode(&m);
     } else {
@@ -600,6 +783,7 @@ static void vcpu_magic(unsigned int vcpu_index, void *udata)
     read_guest_register(rcx_register, &command);
     switch (command) {
     case MEMORY_TRACER_REGION_BEGIN:
+        settle_before_change(r);
         __atomic_store_n(&region_active, true, __ATOMIC_RELEASE);
         update_tracing();
         append_marker(r, GMBE_MARKER_REGION_BEGIN, 0);
@@ -607,6 +791,7 @@ static void vcpu_magic(unsigned int vcpu_index, void *udata)
         break;
     case MEMORY_TRACER_REGION_END:
         append_marker(r, GMBE_MARKER_REGION_END, 0);
+        settle_before_change(r);
         __atomic_store_n(&region_active, false, __ATOMIC_RELEASE);
         update_tracing();
         pause_instruction_budgets();
@@ -648,8 +833,9 @@ static void vcpu_budget_spent(unsigned int vcpu_index, void *udata)
     uint64_t share;
     do {
         if (left == 0) {
-            r->out_of_instructions = true;
             append_marker(r, GMBE_MARKER_INSTRUCTION_LIMIT, config.max_instructions);
+            settle_before_change(r);
+            r->out_of_instructions = true;
             update_tracing_of(r);
             qemu_plugin_u64_set(instruction_budget, vcpu_index, NO_BUDGET_CHECK);
             return;
@@ -749,6 +935,22 @@ static qemu_plugin_vcpu_mem_cb_t access_callback(void)
     }
 }
 
+/* Inline records where the QEMU generates them, the callback otherwise. */
+static void register_access_recording(struct qemu_plugin_insn *insn, unsigned cpl)
+{
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    if (use_inline) {
+        enum qemu_plugin_record_layout layout = config.record_words == FORMAT_COMPACT
+                                                ? QEMU_PLUGIN_RECORD_ADDR48 : QEMU_PLUGIN_RECORD_WORD_ADDR;
+        qemu_plugin_register_vcpu_mem_inline_record(insn, QEMU_PLUGIN_MEM_RW, layout, record_word,
+                                                    access_udata(cpl, insn));
+        return;
+    }
+#endif
+    qemu_plugin_register_vcpu_mem_cb(insn, access_callback(), QEMU_PLUGIN_CB_NO_REGS,
+                                     QEMU_PLUGIN_MEM_RW, access_udata(cpl, insn));
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     qemu_plugin_register_vcpu_tb_exec_cond_cb(tb, vcpu_retranslate,
@@ -771,8 +973,7 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
                                                                 instruction_budget, UINT64_MAX);
         }
         if (instrument) {
-            qemu_plugin_register_vcpu_mem_cb(insn, access_callback(), QEMU_PLUGIN_CB_NO_REGS,
-                                             QEMU_PLUGIN_MEM_RW, access_udata(cpl, insn));
+            register_access_recording(insn, cpl);
         }
     }
 }
@@ -815,9 +1016,10 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
     }
     if (!rings[vcpu_index]) {
         VcpuRing *r = g_new0(VcpuRing, 1);
-        r->words = g_new(uint64_t, (size_t)RING_RECORDS * config.record_words);
+        r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
         r->header = config.record_words == FORMAT_COMPACT ? (uint64_t)(vcpu_index & 0xffu) << 56
                                                           : gmbe_vcpu_header(vcpu_index);
+        r->vcpu_bits = r->header & ~((uint64_t)GMBE_VALID_BYTE << 56);
         r->index = vcpu_index;
         r->fd = -1;
         rings[vcpu_index] = r;
@@ -825,6 +1027,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
     if (vcpu_index >= __atomic_load_n(&num_rings, __ATOMIC_RELAXED)) {
         __atomic_store_n(&num_rings, vcpu_index + 1, __ATOMIC_RELEASE);
     }
+    start_inline_buffer(rings[vcpu_index]);
     /* A thread started inside the window (user mode) is traced like the others. */
     update_tracing_of(rings[vcpu_index]);
     qemu_plugin_u64_set(instruction_budget, vcpu_index,
@@ -868,11 +1071,12 @@ static int format_counters(char *out, size_t size)
                     " num_of_dropped_events=%" PRIu64
                     " num_of_markers=%" PRIu64
                     " num_of_untraced_children=%" PRIu64
-                    " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d",
+                    " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d"
+                    " inline_records=%d",
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
                     waiting, dropped, markers, __atomic_load_n(&untraced_children, __ATOMIC_RELAXED),
                     tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
-                    __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions);
+                    __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions, use_inline);
 }
 
 /* ------------------------------------------------------------- options */
@@ -969,6 +1173,10 @@ static const PluginOption plugin_options[] = {
       "trace only between region_begin and region_end" },
     { "max_instructions", OPT_COUNT, offsetof(Config, max_instructions), false,
       "stop tracing after N instructions (0: no limit)" },
+    { "callback_records", OPT_BOOL, offsetof(Config, callback_records), false,
+      "record through a callback even where QEMU (qemu_patches/) can write records inline" },
+    { "buffer_records", OPT_COUNT, offsetof(Config, buffer_records), false,
+      "records a vCPU buffers before handing them over (default 4096)" },
 };
 
 /* Applies one key=value to cfg: any option at install, the live ones for "set". */
@@ -1049,7 +1257,15 @@ static bool open_trace(char **error)
         return true;
     }
     if (config.trace_shm_path) {
-        return open_shm_ring(error);
+        if (!open_shm_ring(error)) {
+            return false;
+        }
+        /* Both given: the ring if the tool attached to it (gmbe_ring.h), else the FIFO. */
+        if (!config.trace_fifo_path || __atomic_load_n(&shm_ring->attached, __ATOMIC_ACQUIRE)) {
+            return true;
+        }
+        munmap(shm_ring, shm_ring_size);
+        shm_ring = NULL;
     }
     /* Blocks until the consumer has opened the FIFO for reading. */
     int fd = open(config.trace_fifo_path, O_WRONLY | O_CLOEXEC);
@@ -1132,6 +1348,7 @@ static char *handle_set(char **words)
     if (!validate_sampling(&updated, &error)) {
         return g_strdup_printf("error %s", error);
     }
+    flush_all_rings();     /* what was written so far follows the old settings */
     bool cpl_filter_changed = updated.trace_only_cpl3 != config.trace_only_cpl3;
     config.trace_only_cpl3 = updated.trace_only_cpl3;
     config.log_block_len = updated.log_block_len;
@@ -1159,10 +1376,12 @@ static char *handle_command(char *line)
         return g_strdup("ok");
     }
     if (g_strcmp0(cmd, "disable") == 0) {
+        flush_all_rings();      /* inline records written so far were written in the window */
         set_window(false);
         return g_strdup("ok");
     }
     if (g_strcmp0(cmd, "close") == 0) {
+        flush_all_rings();
         set_window(false);
         close_trace();
         return g_strdup("ok");
@@ -1350,11 +1569,24 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     if (!validate_sampling(&config, &error)) {
         return fail_install(error);
     }
-    if (!!config.trace_fifo_path + !!config.trace_shm_path + !!config.trace_dir != 1) {
+    bool negotiated = config.trace_fifo_path && config.trace_shm_path && !config.trace_dir;
+    if (!negotiated && !!config.trace_fifo_path + !!config.trace_shm_path + !!config.trace_dir != 1) {
         return fail_install(g_strdup("one of trace_fifo_path=PATH, trace_shm_path=PATH and trace_dir=DIR "
-                                     "is required"));
+                                     "is required (or the first two: the ring if the tool attaches to it)"));
+    }
+    if (config.buffer_records == 0 || (config.buffer_records & (config.buffer_records - 1))) {
+        return fail_install(g_strdup_printf("buffer_records must be a power of two, but %" PRIu64 " isn't",
+                                            config.buffer_records));
     }
     plugin_id = id;
+    buffer_mask = config.buffer_records - 1;
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    /* Extended records need the TLB at the access (the physical address): a callback's job. */
+    use_inline = !config.callback_records && config.record_words != FORMAT_EXTENDED && inline_available();
+    if (use_inline) {
+        qemu_plugin_register_record_full_cb(id, inline_buffer_full, NULL);
+    }
+#endif
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     retranslate_flag = qemu_plugin_scoreboard_u64(retranslate_board);

@@ -61,6 +61,8 @@ int main(void)
     SHOW("ring_version", GMBE_RING_VERSION);
     SHOW("ring_head_offset", offsetof(struct gmbe_ring_header, head));
     SHOW("ring_tail_offset", offsetof(struct gmbe_ring_header, tail));
+    SHOW("ring_attached_offset", offsetof(struct gmbe_ring_header, attached));
+    printf("ring_env %s\n", GMBE_RING_ENV);
     SHOW("ring_data_offset_offset", offsetof(struct gmbe_ring_header, data_offset));
     SHOW("magic", MEMORY_TRACER_MAGIC);
     show_bytes("trace_magic", GMBE_TRACE_MAGIC);
@@ -88,6 +90,11 @@ def test_plugin_options_are_the_settings_and_the_runs_own_keys():
     c_keys = re.findall(r'^\s*\{ "(\w+)", OPT_\w+, offsetof', PLUGIN, re.MULTILINE)
     assert len(c_keys) == len(set(c_keys))
     assert set(c_keys) == {f.name for f in fields(TraceSettings)} | set(RUN_PLUGIN_KEYS)
+
+
+def test_the_plugin_buffers_what_a_run_asks_by_default():
+    default = re.search(r"#define DEFAULT_BUFFER_RECORDS (\d+)u", PLUGIN).group(1)
+    assert int(default) == TraceSettings().buffer_records
 
 
 def test_plugin_arguments_name_every_setting_once():
@@ -150,6 +157,8 @@ def test_trace_file_and_ring_headers_equal_the_c_side(c_side):
     assert int(c_side["ring_version"]) == shm_ring.VERSION
     assert int(c_side["ring_head_offset"]) == shm_ring.HEAD_OFFSET
     assert int(c_side["ring_tail_offset"]) == shm_ring.TAIL_OFFSET
+    assert int(c_side["ring_attached_offset"]) == shm_ring.ATTACHED_OFFSET
+    assert c_side["ring_env"] == shm_ring.RING_ENV
     assert int(c_side["ring_data_offset_offset"]) == shm_ring.PREFIX.size - 8
 
 

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from conftest import PROGRAMS, REPO, analysis_counts, system
+import pytest
+
+from conftest import PROGRAMS, REPO, TEST_TOOLS, TOOLS, analysis_counts, system
 from memtracer.trace.shm_ring import HEAD_OFFSET, ShmRing, create_ring
 
 # Flips the ring's head between two values that differ in every byte, as fast as it can.
@@ -60,3 +62,22 @@ def test_four_vcpus_through_the_ring_to_python_are_exact_under_load(tracer):
         for burner in burners:
             burner.kill()
             burner.wait()
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_our_tools_take_the_ring_and_others_the_fifo(tracer, mode):
+    """By default memory_tracer offers the ring beside the FIFO: the tools of analysis_tools/ (C)
+    and of the Python API attach to it; a tool that only knows the original protocol reads the FIFO.
+    Every way gives the same counts of known_accesses' buffer."""
+    where = {"user": lambda *a: ["--user_mode", *a], "system": system}[mode]
+    readers = {}
+    for tool in (TOOLS / "count", REPO / "analysis_tools" / "python" / "count.py", TEST_TOOLS / "slow_count.py"):
+        run = tracer(*where("--workload_path_on_host", PROGRAMS / "known_accesses",
+                            "--dont_add_communications_with_host_to_workload", "--analysis_tool_path", tool,
+                            "--print_trace_info", "-v"))
+        assert run.returncode == 0, run.stderr
+        readers[tool.name] = run.stderr.split("the analysis tool reads ")[1].split("\n")[0]
+        if tool.name != "slow_count.py":
+            assert analysis_counts(run.stdout)["range_records"] == 1391
+    assert readers == {"count": "the shared-memory ring", "count.py": "the shared-memory ring",
+                       "slow_count.py": "the trace FIFO"}

@@ -31,6 +31,8 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 BACKPORTS_PACKAGES = ["qemu-system-x86", "qemu-user", "qemu-utils"]
 BUILD_PACKAGES = ["gcc", "libc6-dev", "make", "ninja-build", "pkg-config", "libglib2.0-dev",
                   "xz-utils", "dpkg-dev", "zlib1g-dev", "libzstd-dev",
+                  # QEMU patched and built from Debian's source: the patch, user networking, VNC
+                  "patch", "libslirp-dev", "libpixman-1-dev",
                   # the project's own Python environment, and cffi's kernels compiled in it
                   "python3-venv", "python3-dev",
                   # the built-in guest image: a FAT boot disk made without loop mounts

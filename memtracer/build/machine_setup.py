@@ -3,13 +3,16 @@ Debian packages and memtracer.environment the Python ones: build every part, fro
 
 Every step checks first and does nothing when its result is already there, so a second run is quick.
 """
+import bz2
 import glob
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ..errors import BuildError
@@ -39,10 +42,17 @@ GUEST_IMAGE_SOURCES = [REPO_DIR / "to_run_on_guest" / "image" / name
                        for name in ("init", "syslinux.cfg", "bench_in_guest.sh")]
 
 QEMU_SOURCE_DIR = BUILD_DIR / "qemu-src"
-QEMU_USER_BUILD_DIR = BUILD_DIR / "qemu-user-build"
-QEMU_USER_CONFIGURE = ["--target-list=x86_64-linux-user", "--enable-plugins", "--disable-docs",
-                       "--disable-tools", "--disable-werror", "--disable-download", "--disable-rust",
-                       "--disable-install-blobs"]
+QEMU_BUILD_DIR = BUILD_DIR / "qemu-build"
+QEMU_PATCHES_DIR = REPO_DIR / "qemu_patches"
+PATCHED_SUFFIX = "-gmbeoo"
+# What build.py builds of QEMU: the two x86_64 emulators, nothing else.
+QEMU_TARGETS = {"qemu-system-x86_64": "x86_64-softmmu", "qemu-x86_64": "x86_64-linux-user"}
+# Debian's firmware (its "+ds" source has none): the very ROMs of Debian's own QEMU, so a snapshot
+# saved by either loads in the other.
+QEMU_FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
+QEMU_CONFIGURE = [f"--target-list={','.join(QEMU_TARGETS.values())}", "--enable-plugins", "--enable-slirp",
+                  "--disable-docs", "--disable-tools", "--disable-werror", "--disable-download", "--disable-rust",
+                  "--disable-install-blobs", f"--firmwarepath={QEMU_FIRMWARE_PATH}"]
 
 
 # ----------------------------------------------------------------- QEMU and its source
@@ -68,7 +78,8 @@ def qemu_source_tree(qemu_version):
     tarball = _download_qemu_source(qemu_version)
     step(f"QEMU source: extracting {tarball.name}")
     run(["tar", "-xf", str(tarball), "-C", str(QEMU_SOURCE_DIR)])
-    extracted = [Path(p) for p in glob.glob(str(QEMU_SOURCE_DIR / "qemu-*")) if Path(p).is_dir()]
+    extracted = [Path(p) for p in glob.glob(str(QEMU_SOURCE_DIR / "qemu-*"))
+                 if Path(p).is_dir() and not p.endswith(PATCHED_SUFFIX)]
     for candidate in extracted:
         if (candidate / "VERSION").read_text().strip() == qemu_version and candidate != tree:
             candidate.rename(tree)
@@ -91,21 +102,70 @@ def _download_qemu_source(qemu_version):
     return Path(found[0])
 
 
-def build_qemu_user(tree, qemu_version):
-    """qemu-x86_64 with plugin support (Debian's is static and cannot load plugins)."""
-    binary = QEMU_USER_BUILD_DIR / "qemu-x86_64"
-    stamp = QEMU_USER_BUILD_DIR / "built-from"
-    if binary.exists() and stamp.exists() and stamp.read_text() == str(tree):
-        step("qemu-x86_64 with plugins: already built")
-        return binary
-    shutil.rmtree(QEMU_USER_BUILD_DIR, ignore_errors=True)
-    QEMU_USER_BUILD_DIR.mkdir(parents=True)
-    step(f"qemu-x86_64 with plugins: configuring QEMU {qemu_version} (about 15 s)")
-    run([str(tree / "configure"), f"--python={sys.executable}", *QEMU_USER_CONFIGURE], cwd=QEMU_USER_BUILD_DIR)
-    step("qemu-x86_64 with plugins: compiling (about a minute on 2 cores)")
-    run(["ninja", "qemu-x86_64"], cwd=QEMU_USER_BUILD_DIR)
-    stamp.write_text(str(tree))
-    return binary
+def qemu_patches():
+    return sorted(QEMU_PATCHES_DIR.glob("*.patch"))
+
+
+def patched_source_tree(tree):
+    """A copy of Debian's QEMU source with qemu_patches/*.patch applied; made again when a patch
+    changes (files keep their times, so the build redoes only what a patch touched)."""
+    patched = tree.with_name(tree.name + PATCHED_SUFFIX)
+    stamp = patched / ".memory_tracer-patches"
+    applied = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in qemu_patches())
+    if stamp.exists() and stamp.read_text() == applied:
+        return patched
+    step(f"QEMU source: applying {', '.join(p.name for p in qemu_patches())}")
+    shutil.rmtree(patched, ignore_errors=True)
+    shutil.copytree(tree, patched, symlinks=True)
+    for patch in qemu_patches():
+        run(["patch", "-p1", "--batch", "--forward", "--quiet", "-i", str(patch)], cwd=patched)
+    # The x86 targets make meson unpack EDK2 firmware from .bz2 files the "+ds" source lacks; empty
+    # ones satisfy it (the guest's firmware is Debian's, QEMU_FIRMWARE_PATH).
+    pc_bios = patched / "pc-bios"
+    for image in re.findall(r"'(edk2-[^']+\.fd)'", (pc_bios / "meson.build").read_text()):
+        if not (pc_bios / f"{image}.bz2").exists():
+            (pc_bios / f"{image}.bz2").write_bytes(bz2.compress(b""))
+    stamp.write_text(applied)
+    return patched
+
+
+def build_patched_qemu(source):
+    """qemu-system-x86_64 and qemu-x86_64 from the patched source, with plugins (Debian's
+    qemu-x86_64 cannot load them, and neither of Debian's writes records inline)."""
+    settings = json.dumps([str(source), QEMU_CONFIGURE])
+    stamp = QEMU_BUILD_DIR / "configured-with"
+    if not (stamp.exists() and stamp.read_text() == settings):
+        shutil.rmtree(QEMU_BUILD_DIR, ignore_errors=True)
+        QEMU_BUILD_DIR.mkdir(parents=True)
+        step("QEMU with GMBEOO's patch: configuring (about 25 s)")
+        run([str(source / "configure"), f"--python={sys.executable}", *QEMU_CONFIGURE], cwd=QEMU_BUILD_DIR)
+        stamp.write_text(settings)
+    binaries = [QEMU_BUILD_DIR / name for name in QEMU_TARGETS]
+    if "no work to do" in run(["ninja", "-n", *QEMU_TARGETS], cwd=QEMU_BUILD_DIR):
+        step("QEMU with GMBEOO's patch: up to date")
+        return binaries
+    started = time.monotonic()
+    step("QEMU with GMBEOO's patch: compiling qemu-system-x86_64 and qemu-x86_64 "
+         "(about 6 minutes on 2 cores the first time)")
+    run_with_progress(["ninja", *QEMU_TARGETS], QEMU_BUILD_DIR, "QEMU with GMBEOO's patch")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    step(f"QEMU with GMBEOO's patch: built in {minutes} min {seconds} s")
+    return binaries
+
+
+def run_with_progress(command, cwd, what):
+    """ninja, saying how far it is every tenth of the way; its last lines when it fails."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace")
+    tail, shown = [], 0
+    for line in process.stdout:
+        tail = (tail + [line.rstrip()])[-15:]
+        progress = re.match(r"\[(\d+)/(\d+)\]", line)
+        if progress and int(progress.group(1)) * 10 // int(progress.group(2)) > shown:
+            shown = int(progress.group(1)) * 10 // int(progress.group(2))
+            step(f"{what}: {shown * 10}% ({progress.group(1)}/{progress.group(2)} steps)")
+    if process.wait() != 0:
+        raise BuildError(f"`{' '.join(command)}` failed (exit code {process.returncode}):\n" + "\n".join(tail))
 
 
 # ----------------------------------------------------------------- compiling the project's C
@@ -145,7 +205,7 @@ def build_guest_programs():
     # Static, so the same binary runs under qemu-x86_64 and in a minimal guest.
     for name, source in GUEST_PROGRAMS:
         compile_c(GUEST_PROGRAMS_DIR / name, source,
-                  ["-static", "-O1", "-pthread", f"-I{REPO_DIR / 'to_run_on_guest'}"],
+                  ["-static", "-O1", "-pthread", "-mcx16", f"-I{REPO_DIR / 'to_run_on_guest'}"],
                   ["to_run_on_guest/memory_tracer_markers.h"])
     step(f"guest programs: {', '.join(n for n, _ in GUEST_PROGRAMS)}")
     built = compile_c(GUEST_RUNNER, RUNNER_SOURCE, [f"-I{REPO_DIR / 'to_run_on_guest'}", "-static"],
@@ -186,30 +246,33 @@ def build_guest_image(qemu_version, remake=False):
     step(f"guest image: {DEFAULT_GUEST_IMAGE} ({size_mb:.0f} MB)")
 
 
-def lay_out_qemu_dir(qemu_user_binary, qemu_version, tree):
+def lay_out_qemu_dir(qemu_binaries, qemu_version, tree):
     DEFAULT_QEMU_DIR.mkdir(parents=True, exist_ok=True)
-    for name in ("qemu-system-x86_64", "qemu-img"):
-        link = DEFAULT_QEMU_DIR / name
-        if not link.is_symlink():
-            link.symlink_to(shutil.which(name))
-    if out_of_date(DEFAULT_QEMU_DIR / "qemu-x86_64", [qemu_user_binary]):
-        shutil.copy2(qemu_user_binary, DEFAULT_QEMU_DIR / "qemu-x86_64")
+    img = DEFAULT_QEMU_DIR / "qemu-img"          # Debian's: images need no patch
+    if not img.is_symlink():
+        img.symlink_to(shutil.which("qemu-img"))
+    for binary in qemu_binaries:
+        laid_out = DEFAULT_QEMU_DIR / binary.name
+        if laid_out.is_symlink() or out_of_date(laid_out, [binary]):
+            laid_out.unlink(missing_ok=True)
+            shutil.copy2(binary, laid_out)
     header = (tree / "include" / "qemu" / "qemu-plugin.h").read_text()
     api = re.search(r"#define QEMU_PLUGIN_VERSION (\d+)", header).group(1)
     versions = {"qemu_version": qemu_version, "debian_package": dpkg_version("qemu-system-x86"),
-                "plugin_api_version": int(api), "qemu_source": tree.name}
+                "plugin_api_version": int(api), "qemu_source": tree.name,
+                "qemu_patches": [p.name for p in qemu_patches()]}
     (DEFAULT_QEMU_DIR / "VERSION.json").write_text(json.dumps(versions, indent=2) + "\n")
     step(f"qemu_with_GMBEOO: {DEFAULT_QEMU_DIR}")
 
 
 def build_everything(remake_guest_image=False, smp_counts=()):
     qemu_version = check_qemu_version()
-    tree = qemu_source_tree(qemu_version)
-    qemu_user = build_qemu_user(tree, qemu_version)
+    tree = patched_source_tree(qemu_source_tree(qemu_version))
+    qemu_binaries = build_patched_qemu(tree)
     build_plugins(tree)
     build_analysis_tools()
     build_guest_programs()
-    lay_out_qemu_dir(qemu_user, qemu_version, tree)
+    lay_out_qemu_dir(qemu_binaries, qemu_version, tree)
     build_guest_image(qemu_version, remake_guest_image)
     for smp in smp_counts:
         if smp != 1:

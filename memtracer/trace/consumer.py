@@ -9,7 +9,7 @@ import time
 
 from ..errors import AnalysisToolError, TraceFifoError
 from .fifo import TraceFifo
-from .shm_ring import ShmRing, create_ring
+from .shm_ring import RING_ENV, ShmRing, create_ring
 from .tool_process import ToolProcess
 from .trace_file import TraceHeader
 
@@ -29,7 +29,9 @@ EXIT_NOTICE_SECONDS = 1                      # for the end of a tool's output to
 def make_consumer(request, private_dir):
     """The consumer a traced run's request asks for."""
     if request.analysis_tool_path:
-        transport = RingTransport(request.settings.record_size) if request.shared_memory_ring else FifoTransport(private_dir)
+        record_size = request.settings.record_size
+        transport = (RingTransport(record_size) if request.shared_memory_ring
+                     else NegotiatedTransport(private_dir, record_size))
         return ToolConsumer(request.analysis_tool_path, transport, request.verbose,
                             request.analysis_tool_args, request.settings)
     if request.trace_dir:
@@ -39,6 +41,9 @@ def make_consumer(request, private_dir):
 
 class FifoTransport:
     """The original's way: a FIFO in the run's private directory."""
+
+    name = "the trace FIFO"
+    environment = {}
 
     def __init__(self, private_dir):
         self.fifo = TraceFifo.create(private_dir)
@@ -64,12 +69,20 @@ class FifoTransport:
 
 class RingTransport:
     """--shared_memory_ring: a ring in a private 0700 directory in /dev/shm (memory, never written
-    back to a disk); the tool maps it when it starts."""
+    back to a disk); the tool maps it when it starts. Named after the run (named), so that every
+    window of a run finds it where the plugin was told it is."""
 
-    def __init__(self, record_size):
+    name = "the shared-memory ring"
+    environment = {}
+
+    def __init__(self, record_size, named=None):
         self.record_size = record_size
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        if named is None:
+            self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
+        else:
+            self.directory = os.path.join(base, named)
+            os.mkdir(self.directory, 0o700)
         self.path = os.path.join(self.directory, "trace.ring")
         create_ring(self.path, record_size=record_size)
         self.ring = ShmRing(self.path)
@@ -98,6 +111,43 @@ class RingTransport:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class NegotiatedTransport:
+    """An analysis tool's default: the FIFO of the original protocol in its argv[1], and beside it a
+    shared-memory ring (its path in RING_ENV). A tool that can read the ring (those of
+    analysis_tools/ and of the Python API) attaches to it before `Ready to analyze`; the plugin then
+    writes there and nobody opens the FIFO. Any other tool reads the FIFO, as the original says."""
+
+    def __init__(self, private_dir, record_size):
+        self.fifo = FifoTransport(private_dir)
+        self.ring = RingTransport(record_size, named=os.path.basename(private_dir) + "-ring")
+        self.path = self.fifo.path
+        self.plugin_argument = f"{self.fifo.plugin_argument},{self.ring.plugin_argument}"
+        self.environment = {RING_ENV: self.ring.path}
+        self.chosen = self.fifo
+
+    @property
+    def name(self):
+        return self.chosen.name
+
+    def tool_ready(self, tool):
+        self.chosen = self.ring if self.ring.ring.attached else self.fifo
+        log.debug("the analysis tool reads %s", self.chosen.name)
+        self.chosen.tool_ready(tool)
+
+    def check(self, reader_name):
+        self.chosen.check(reader_name)
+
+    def unread_bytes(self):
+        return self.chosen.unread_bytes()
+
+    def wait_until_drained(self, tool):
+        self.chosen.wait_until_drained(tool)
+
+    def close(self):
+        self.fifo.close()
+        self.ring.close()
+
+
 class ToolConsumer:
     """An analysis tool (--analysis_tool_path) reading the FIFO or the ring memory_tracer made."""
 
@@ -114,7 +164,8 @@ class ToolConsumer:
     def start(self, info_words):
         self.tool = ToolProcess(self.tool_path, self.transport.path, info_words,
                                  echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
-                                 environment=dict(os.environ, **self.settings.tool_variables()))
+                                 environment=dict(os.environ, **self.settings.tool_variables(),
+                                                  **self.transport.environment))
         self.tool.start(READY_TIMEOUT_SECONDS)
         self.transport.tool_ready(self.tool)
 

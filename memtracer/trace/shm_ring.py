@@ -14,7 +14,9 @@ from ..record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 MAGIC = b"GMBERNG\n"
 VERSION = 1
 PREFIX = struct.Struct("<8sIIQQ")     # magic, version, record size, capacity, data offset
-HEAD_OFFSET, TAIL_OFFSET = 64, 128
+HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET = 64, 128, 192
+# Under memory_tracer, the ring's path beside the FIFO: a tool that can read it attaches to it.
+RING_ENV = "GMBE_TRACE_RING"
 DATA_OFFSET = 4096
 DEFAULT_CAPACITY = 1 << 20            # records: 16 MiB
 IDLE_WAIT_SECONDS = 0.0001
@@ -29,6 +31,17 @@ def is_ring(path):
             return f.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
+
+
+def attach_offered_ring():
+    """Under memory_tracer, the ring offered beside the FIFO (RING_ENV), attached to: the plugin
+    then writes there. Its path, or None (no ring offered: the FIFO, as in the original)."""
+    path = os.environ.get(RING_ENV)
+    if not path or not is_ring(path):
+        return None
+    with ShmRing(path) as ring:
+        ring.attach()
+    return path
 
 
 def create_ring(path, capacity=DEFAULT_CAPACITY, record_size=RECORD_SIZE):
@@ -64,6 +77,14 @@ class ShmRing:
 
     head = property(lambda self: int(self._head[0]))
     tail = property(lambda self: int(self._tail[0]))
+
+    @property
+    def attached(self):
+        return bool(self.map[ATTACHED_OFFSET])
+
+    def attach(self):
+        """A tool says it reads the ring (before `Ready to analyze`)."""
+        self.map[ATTACHED_OFFSET] = 1
 
     def pending(self):
         return self.head - self.tail
