@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import PROGRAMS, QEMU_DIR, TOOLS
+from conftest import GUEST_IMAGE, PROGRAMS, QEMU_DIR, TOOLS
 from memtracer.cli import build_parser, validate
 from memtracer.errors import BadInputError
 
@@ -136,3 +136,18 @@ def test_analysis_tool_that_exits_at_once_is_reported(tracer):
     assert run.returncode == 1
     assert run.stderr.strip() == ("the analysis tool /bin/true exited (exit code 0) before printing "
                                   "'Ready to analyze'.")
+
+
+def test_a_window_on_a_display_gets_a_qemu_that_can_open_one(monkeypatch):
+    """build.py's QEMU has no GUI: --dont_use_nographic where there is a display runs Debian's, which
+    has; headless (VNC) and -nographic runs keep build.py's."""
+    from memtracer.qemu.machine import MachineProfile, has_window_backend, qemu_command
+    ours = QEMU_DIR / "qemu-system-x86_64"
+    assert not has_window_backend(ours) and has_window_backend("/usr/bin/qemu-system-x86_64")
+    profile = MachineProfile.for_image(GUEST_IMAGE, 2560)
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert qemu_command(ours, GUEST_IMAGE, profile, graphic=True)[0] == "/usr/bin/qemu-system-x86_64"
+    assert qemu_command(ours, GUEST_IMAGE, profile, graphic=False)[0] == str(ours)
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert qemu_command(ours, GUEST_IMAGE, profile, graphic=True)[0] == str(ours)

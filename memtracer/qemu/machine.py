@@ -5,10 +5,12 @@ loadvm fails unless RAM size, machine type, default devices and -smp match what 
 both go through `qemu_command`, and what an image was saved with is written beside it
 (`<image>.memory_tracer.json`, see MachineProfile).
 """
+import functools
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -128,6 +130,27 @@ def display_arguments(graphic):
     return [] if has_display() else ["-display", f"vnc=unix:{VNC_SOCKET}"]
 
 
+WINDOW_BACKENDS = ("gtk", "sdl")
+
+
+@functools.lru_cache(maxsize=None)
+def has_window_backend(qemu_binary):
+    listed = subprocess.run([str(qemu_binary), "-display", "help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True).stdout.split()
+    return any(backend in listed for backend in WINDOW_BACKENDS)
+
+
+def qemu_for(qemu_binary, graphic):
+    """The QEMU to run: build.py's, except for a window on a display, which it cannot open (its
+    build needs no GUI libraries); Debian's can, and loads the same snapshots and the plugin (which
+    records through its callback there: slower, as a run on screen can afford)."""
+    if graphic and has_display() and not has_window_backend(qemu_binary):
+        debian = shutil.which("qemu-system-x86_64", path="/usr/bin")
+        if debian is not None:
+            return debian
+    return qemu_binary
+
+
 def _socket_chardev(name, path):
     return ["-chardev", f"socket,id={name},path={path},server=on,wait=off"]
 
@@ -135,7 +158,7 @@ def _socket_chardev(name, path):
 def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, graphic=False):
     """The command line for savevm and loadvm alike: only `loadvm`, `plugin` and `graphic` vary,
     none of which is part of the saved state. QEMU runs in the private directory (MachinePaths)."""
-    command = [str(qemu_binary),
+    command = [str(qemu_for(qemu_binary, graphic)),
                "-machine", profile.machine, "-m", str(profile.ram_mb), "-smp", str(profile.smp),
                # -hda, spelled out: the image keeps its internal snapshots only as a writable qcow2
                "-drive", f"file={image_path},format=qcow2,if=ide,index=0,media=disk",
