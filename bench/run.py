@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The performance table, side by side in one run, with the anchors.
 
-Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace), traced (lossless, to the C count
-tool through the FIFO), traced through the shared-memory ring (to the Python API's count.py),
-traced CPL3-only, traced sampled 1/1024; anchors: QEMU's own upstream `mem` plugin in its
+Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace; also Debian's own binaries, to
+compare the patched QEMU with), traced (lossless, to the C count tool, which takes the shared-memory
+ring: records written by the generated code), the same through the plugin's callback
+(--callback_records), through the FIFO to a tool that knows only the original protocol
+(bench/fifo_reader.py; beside a raw pipe's capacity measured in the same run), to the Python API's
+count.py, CPL3-only, sampled 1/1024; anchors: QEMU's own upstream `mem` plugin in its
 callback mode (tests/tcg/plugins/mem.c, built here from Debian's QEMU source, never committed)
 and, in user mode, Valgrind lackey --trace-mem=yes (~1000x slower: one round, and only on programs
 that run natively in under 100 ms). In full-system mode (the built-in image) and
@@ -46,15 +49,15 @@ from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE
 
 OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
-PYTHON_COUNT_SHM = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"),
-                    "--shared_memory_ring", "--print_trace_info"]
+PYTHON_COUNT = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"), "--print_trace_info"]
 MEM_PLUGIN = BUILD_DIR / "bench" / "libmem.so"
 QEMU_MODES = {
     "untraced": ["--dont_trace"],
     "untraced Debian": ["--dont_trace"],      # Debian's own QEMU binaries (DEBIAN_QEMU_DIR)
     "traced": COUNT,
     "callback": COUNT + ["--callback_records"],
-    "shm ring": PYTHON_COUNT_SHM,
+    "FIFO, other tool": ["--analysis_tool_path", str(REPO / "bench" / "fifo_reader.py"), "--print_trace_info"],
+    "count.py": PYTHON_COUNT,
     "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
     "mem plugin": ["--dont_trace", "--qemu_plugin", f"{MEM_PLUGIN},callback=on"],
@@ -69,11 +72,13 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
-COLORS = {"traced": "tab:blue", "callback": "tab:olive", "untraced Debian": "black", "shm ring": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
+COLORS = {"traced": "tab:blue", "callback": "tab:olive", "untraced Debian": "black", "FIFO, other tool": "tab:pink",
+          "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
           "insn limit": "tab:gray"}
-GOALS = """Goals: full-system traced/untraced <= 1.3x; user mode traced/native <= 5x; sampled 1/1024 <= 1.2x
-untraced; 0 dropped or missing; >= 150 M accesses/s delivered full-system."""
+GOALS = """Goals: full-system traced/untraced <= 1.3x and user mode <= 2.0x (to count); >= 200 M records/s
+delivered full-system; the FIFO to another tool >= 0.9 of a raw pipe; sampled 1/1024 <= 1.1x untraced;
+the patched QEMU untraced as fast as Debian's; 0 dropped or missing."""
 
 
 # ----------------------------------------------------------------- workloads
@@ -210,9 +215,22 @@ def median(runs, key):
     return statistics.median(values) if values else None
 
 
-def suite_table(suite, rows):
+def raw_pipe_records_per_second(rounds):
+    """What a pipe carries on this machine, in 16-byte records per second: 1 GiB through dd in
+    64 KiB writes and 1 MiB reads (the plugin's and a good reader's sizes); the median of rounds."""
+    rates = []
+    for _ in range(rounds):
+        start = time.monotonic()
+        subprocess.run("dd if=/dev/zero bs=64K count=16384 status=none | dd of=/dev/null bs=1M iflag=fullblock "
+                       "status=none", shell=True, check=True)
+        rates.append((1 << 30) / 16 / (time.monotonic() - start))
+    return statistics.median(rates)
+
+
+def suite_table(suite, rows, pipe_rate):
     modes = modes_of(suite)
-    ratios = [("traced", "native"), ("traced", "untraced"), ("shm ring", "untraced"),
+    ratios = [("traced", "native"), ("traced", "untraced"), ("callback", "untraced"),
+              ("FIFO, other tool", "untraced"), ("untraced", "untraced Debian"), ("count.py", "untraced"),
               *([("CPL3-only", "untraced")] if suite == "system" else []), ("sampled 1/1024", "untraced"),
               ("mem plugin", "untraced"), ("compact 8B", "untraced"), ("extended 32B", "untraced"),
               ("insn limit", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
@@ -227,11 +245,16 @@ def suite_table(suite, rows):
         lost = traced.get("num_of_dropped_events", 0) + traced.get("num_of_missing_events", 0)
         rate = records / ms["traced"] / 1000
         ratio = {f"{a}/{b}": ms[a] / ms[b] for a, b in ratios if ms[a] is not None}
-        summary[name] = ratio | {"rate": rate, "lost": lost}
+        fifo_rate = records / ms["FIFO, other tool"] / 1000
+        summary[name] = ratio | {"rate": rate, "lost": lost, "fifo_rate": fifo_rate, "pipe_rate": pipe_rate / 1e6}
         lines.append("| " + " | ".join([name, *[f"{ms[m]:.0f}" if ms[m] is not None else "-" for m in modes],
                                          *[f"{ratio[f'{a}/{b}']:.2f}x" if f"{a}/{b}" in ratio else "-"
                                            for a, b in ratios],
                                          f"{rate:.0f}", str(lost)]) + " |")
+    fastest = max(summary.values(), key=lambda v: v["fifo_rate"])
+    lines += ["", f"The FIFO to a tool that knows only the original protocol delivered at most "
+              f"{fastest['fifo_rate']:.0f} M records/s; a raw pipe on this machine carries "
+              f"{pipe_rate / 1e6:.0f} M records/s (1 GiB through dd, 64 KiB writes, 1 MiB reads, same run)."]
     if suite == "system":
         untraced = [r for _, runs in rows for r in runs["untraced"]]
         sent = [r for _, runs in rows for mode in runs for r in runs[mode] if "transfer" in r]
@@ -244,19 +267,23 @@ def suite_table(suite, rows):
 
 def goals_lines(summaries):
     system, user = summaries.get("system", {}), summaries.get("user", {})
+    every = list(system.values()) + list(user.values())
     checks = []
     if system:
         worst = max(v["traced/untraced"] for v in system.values())
-        checks.append(("full-system traced/untraced <= 1.3x", f"{worst:.2f}x (worst)", worst <= 1.3))
+        checks.append(("full-system traced/untraced <= 1.3x (count)", f"{worst:.2f}x (worst)", worst <= 1.3))
         rate = min(v["rate"] for v in system.values())
-        checks.append((">= 150 M accesses/s full-system", f"{rate:.0f} M/s (lowest)", rate >= 150))
+        checks.append((">= 200 M records/s delivered full-system", f"{rate:.0f} M/s (lowest)", rate >= 200))
     if user:
-        worst = max(v["traced/native"] for v in user.values())
-        checks.append(("user mode traced/native <= 5x", f"{worst:.2f}x (worst)", worst <= 5))
-    every = list(system.values()) + list(user.values())
+        worst = max(v["traced/untraced"] for v in user.values())
+        checks.append(("user mode traced/untraced <= 2.0x (count)", f"{worst:.2f}x (worst)", worst <= 2.0))
     if every:
+        best = max(v["fifo_rate"] / v["pipe_rate"] for v in every)
+        checks.append(("FIFO to another tool >= 0.9 of a raw pipe", f"{best:.2f} (best)", best >= 0.9))
         worst = max(v["sampled 1/1024/untraced"] for v in every)
-        checks.append(("sampled 1/1024 <= 1.2x untraced", f"{worst:.2f}x (worst)", worst <= 1.2))
+        checks.append(("sampled 1/1024 <= 1.1x untraced", f"{worst:.2f}x (worst)", worst <= 1.1))
+        worst = max(v["untraced/untraced Debian"] for v in every)
+        checks.append(("patched QEMU untraced as fast as Debian's", f"{worst:.2f}x (worst)", worst <= 1.05))
         lost = sum(v["lost"] for v in every)
         checks.append(("0 dropped or missing", str(lost), lost == 0))
     return ["| goal | measured | met |", "|---|---|---|",
@@ -322,7 +349,8 @@ def main():
     with tempfile.TemporaryDirectory() as data_dir:
         for suite in ("system", "user"):
             if args.only in (None, suite):
-                table, summaries[suite] = suite_table(suite, measure(suite, rounds, args.quick, data_dir))
+                table, summaries[suite] = suite_table(suite, measure(suite, rounds, args.quick, data_dir),
+                                                      raw_pipe_records_per_second(rounds))
                 lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
                           *table, ""]
         if args.only in (None, "tools"):

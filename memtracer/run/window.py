@@ -3,6 +3,8 @@ trace window (TraceWindow), the one place where the consumer starts, the plugin 
 workload's time is taken, liveness is watched, and every record is delivered and analysed before
 the window closes. host_run.py (user mode, native), system_run.py (full system) and the monitor's
 trace_start / trace_stop all open and close their windows through it."""
+import os
+import select
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,12 +20,23 @@ POLL_SECONDS = 0.2   # how often a waiting run checks on the consumer and QEMU
 
 
 def exited_within(process, seconds):
-    """Whether the process (a Popen) exits within the seconds."""
-    try:
-        process.wait(timeout=seconds)
+    """Whether the process (a Popen) exits within the seconds; told the moment it exits (through a
+    pidfd: Popen.wait(timeout) sleeps in steps of up to 50 ms, which a duration would show)."""
+    if process.poll() is not None:
         return True
-    except subprocess.TimeoutExpired:
-        return False
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:       # gone already, or a kernel without pidfds
+        try:
+            process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        select.select([pidfd], [], [], seconds)
+    finally:
+        os.close(pidfd)
+    return process.poll() is not None
 
 
 @dataclass
