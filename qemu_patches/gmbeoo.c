@@ -440,6 +440,26 @@ static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mar
 }
 
 /*
+ * Sampled records [from, to), no marker among them: the traced blocks of events are found by
+ * arithmetic, one step per period of 2^(L+R) events, not one per record.
+ */
+static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mask, bool may_block)
+{
+    uint64_t block = (mask & -mask);                   /* 2^L: events in a traced block */
+    uint64_t period = block << __builtin_popcountll(mask);   /* 2^(L+R) */
+    uint64_t first = r->events - r->events_at_enable;  /* the event index of record `from` */
+    uint64_t last = first + (to - from);
+    for (uint64_t start = first - first % period; start < last; start += period) {
+        uint64_t a = start > first ? start : first;
+        uint64_t b = start + block < last ? start + block : last;
+        if (a < b) {
+            deliver_locked(r, from + (a - first), from + (b - first), 0, may_block);
+        }
+    }
+    r->events += to - from;
+}
+
+/*
  * Hands over what the vCPU wrote since the last time: added the vCPU's bits,
  * then markers always, and accesses while tracing, sampled. Caller holds
  * writer_lock. Safe beside the running vCPU: records before its next pointer
@@ -462,6 +482,10 @@ static void settle_inline_locked(VcpuRing *r, bool may_block)
         if (traced) {
             r->events += to - from;
             deliver_locked(r, from, to, 0, may_block);
+        }
+    } else if (!markers && (mask >> 63) == 0) {    /* its period, 2^(L+R), fits in 64 bits */
+        if (traced) {
+            deliver_sampled_locked(r, from, to, mask, may_block);
         }
     } else {
         /* Runs of records kept: sampling keeps blocks of consecutive events. */
