@@ -32,7 +32,8 @@ Run a workload on the QEMU guest while writing optimized GMBE trace records to a
 (memory_tracer.py assumes you have already run build.py successfully.)
 
 GMBE is short for guest_mem_before_exec: every memory access the guest makes. QEMU_with_GMBEOO
-is upstream QEMU (>= 10) with the GMBEOO TCG plugin, which writes one trace record per access:
+is QEMU (>= 10) with the GMBEOO TCG plugin, which writes one trace record per access (build.py's
+QEMU is patched so that its generated code writes the records itself, see qemu_patches/):
 
 struct GMBEOO_TraceRecord {
     uint8_t size_shift : 3; /* interpreted as "1 << size_shift" bytes */

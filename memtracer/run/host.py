@@ -1,4 +1,4 @@
-"""A run of a workload as a process on this host: under the plugin-enabled qemu-x86_64 (user mode,
+"""A run of a workload as a process on this host: under build.py's qemu-x86_64 (user mode,
 traced or not) or natively (--dont_use_qemu). Both follow the same two flows:
 
 - wrapped (the default): the whole program is the trace window, from its start to its exit; the
