@@ -141,16 +141,22 @@ def build_patched_qemu(source):
         run([str(source / "configure"), f"--python={sys.executable}", *QEMU_CONFIGURE], cwd=QEMU_BUILD_DIR)
         stamp.write_text(settings)
     binaries = [QEMU_BUILD_DIR / name for name in QEMU_TARGETS]
-    if "no work to do" in run(["ninja", "-n", *QEMU_TARGETS], cwd=QEMU_BUILD_DIR):
-        step("QEMU with GMBEOO's patch: up to date")
-        return binaries
+    # ninja decides (a dry run cannot: QEMU's version header is regenerated every time, a no-op).
+    built_before = [b.stat().st_mtime_ns if b.exists() else None for b in binaries]
     started = time.monotonic()
-    step("QEMU with GMBEOO's patch: compiling qemu-system-x86_64 and qemu-x86_64 "
-         "(about 6 minutes on 2 cores the first time)")
+    if None in built_before:
+        step("QEMU with GMBEOO's patch: compiling qemu-system-x86_64 and qemu-x86_64 "
+             "(about 6 minutes on 2 cores)")
     run_with_progress(["ninja", *QEMU_TARGETS], QEMU_BUILD_DIR, "QEMU with GMBEOO's patch")
-    minutes, seconds = divmod(round(time.monotonic() - started), 60)
-    step(f"QEMU with GMBEOO's patch: built in {minutes} min {seconds} s")
+    if [b.stat().st_mtime_ns for b in binaries] == built_before:
+        step("QEMU with GMBEOO's patch: up to date")
+    else:
+        minutes, seconds = divmod(round(time.monotonic() - started), 60)
+        step(f"QEMU with GMBEOO's patch: built in {minutes} min {seconds} s")
     return binaries
+
+
+PROGRESS_FROM_STEPS = 100     # a build this long is worth a line every tenth of the way
 
 
 def run_with_progress(command, cwd, what):
@@ -161,7 +167,8 @@ def run_with_progress(command, cwd, what):
     for line in process.stdout:
         tail = (tail + [line.rstrip()])[-15:]
         progress = re.match(r"\[(\d+)/(\d+)\]", line)
-        if progress and int(progress.group(1)) * 10 // int(progress.group(2)) > shown:
+        if progress and int(progress.group(2)) >= PROGRESS_FROM_STEPS and \
+                int(progress.group(1)) * 10 // int(progress.group(2)) > shown:
             shown = int(progress.group(1)) * 10 // int(progress.group(2))
             step(f"{what}: {shown * 10}% ({progress.group(1)}/{progress.group(2)} steps)")
     if process.wait() != 0:
