@@ -136,7 +136,8 @@ def test_numpy_dtype_reads_records_written_by_c(tmp_path):
     binary = tmp_path / "make_record"
     header_dir = os.path.join(os.path.dirname(__file__), "..", "qemu_patches")
     assert os.system(f"gcc -Wall -Werror -I{header_dir} -o {binary} {source}") == 0
-    output = os.popen(str(binary)).buffer.read()
+    # (not os.popen(...).buffer.read(): the popen object can be collected, closing the pipe, first)
+    output = subprocess.run([binary], stdout=subprocess.PIPE, check=True).stdout
     records = record.records_from_bytes(output[:16])
     assert records["vcpu"][0] == 513 == int(output[16:].split()[0])
     assert record.access_sizes(records)[0] == 8 == int(output[16:].split()[1])
