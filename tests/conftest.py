@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from memtracer.run.report import DURATION, parse_report
 from memtracer.trace.fifo import F_GETPIPE_SZ
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +21,6 @@ TEST_TOOLS = Path(__file__).resolve().parent / "tools"
 GUEST_IMAGE = BUILD / "guest_image" / "memory_tracer_guest.qcow2"
 SNAPSHOT = "ready_for_memory_tracer"
 
-SECTION_HEADERS = ("workload info:", "analysis output:", "trace files:", "trace info:")
 
 
 # Two tiers. A test that runs memory_tracer (it takes the tracer or private_tmp fixture) or QEMU
@@ -50,17 +50,13 @@ def pytest_sessionstart(session):
 
 def parse_sections(stdout):
     """stdout of memory_tracer.py as {section: text}; the duration under 'tracing_duration'."""
-    sections, current = {}, None
-    for line in stdout.splitlines():
-        if line in SECTION_HEADERS:
-            current = line[:-1]
-            sections[current] = []
-        elif line.startswith("tracing_duration_in_milliseconds: "):
-            sections["tracing_duration"] = int(line.split(": ")[1])
-            current = None
-        elif current is not None:
-            sections[current].append(line)
-    return {k: ("\n".join(v) if isinstance(v, list) else v) for k, v in sections.items()}
+    sections = {}
+    for header, value in parse_report(stdout).items():
+        if header == DURATION:
+            sections["tracing_duration"] = value
+        else:
+            sections[header[:-1]] = "\n".join(value)
+    return sections
 
 
 def analysis_counts(stdout):
