@@ -49,6 +49,12 @@ class TraceSettings:
                "records, slower: for comparison).")
     buffer_records: int = setting(
         4096, "Records each vCPU buffers before handing them over to the trace (a power of two).")
+    fifo_by_write: bool = setting(
+        False, "Hand the records to a FIFO by write(), copied by the kernel, instead of by vmsplice(), "
+               "which gives the pipe the buffers themselves (for comparison).")
+    record_between_samples: bool = setting(
+        False, "With sampling, write every record and keep the sampled ones when handing them over, "
+               "instead of running code that only counts accesses between the samples (for comparison).")
 
     @classmethod
     def from_arguments(cls, args):

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -78,6 +79,11 @@ typedef struct {
     uint64_t markers_flushed;
     int fd;                      /* trace_dir: this vCPU's own trace file */
     uint64_t inline_tail;        /* inline records: where the records not yet handed over begin */
+    uint64_t words_spliced_end;  /* the FIFO's byte count after the last splice from words */
+    uint64_t stream_base;        /* inline records: what the vCPU wrote before its current buffer */
+    uint64_t unwritten_end;      /* inline records: before this, the vCPU may have only counted them */
+    uint64_t passed_over;        /* records passed over as only counted, ever */
+    bool words_in_pipe;          /* whether the pipe may still hold pages of words */
     uint64_t records_in_file;
     /* Snapshots taken by "enable": the counters report what came after. */
     uint64_t head_at_enable;
@@ -104,6 +110,8 @@ typedef struct {
     uint64_t max_instructions;
     bool callback_records;
     uint64_t buffer_records;
+    bool fifo_by_write;
+    bool record_between_samples;
 } Config;
 
 static qemu_plugin_id_t plugin_id;
@@ -128,6 +136,7 @@ static int trace_fd = -1;
 static struct gmbe_ring_header *shm_ring;     /* instead of trace_fd, with trace_shm_path */
 static size_t shm_ring_size;
 static uint64_t *shm_words;
+static bool fifo_splice;                  /* inline records go to the FIFO by vmsplice (see below) */
 static bool trace_broken;
 static uint64_t written_to_file;          /* access records, since enable */
 static uint64_t untraced_children;        /* user mode: processes forked while the window was open */
@@ -379,6 +388,8 @@ static bool have_trace(void)
 #pragma weak qemu_plugin_register_record_full_cb
 #pragma weak qemu_plugin_set_record_buffer
 #pragma weak qemu_plugin_record_buffer_next
+#pragma weak qemu_plugin_set_record_counting
+#pragma weak qemu_plugin_record_counting
 #define INLINE_SLACK_RECORDS (QEMU_PLUGIN_RECORD_SLACK + 1)
 
 static bool inline_available(void)
@@ -391,6 +402,7 @@ static bool inline_available(void)
 #endif
 
 static bool use_inline;     /* decided at install: a QEMU that can, and no callback_records=on */
+static bool use_counting;   /* and the blocks that only count records, between samples */
 
 /* Records a vCPU buffer holds: the generated code checks for room only now and then. */
 static size_t buffer_capacity(void)
@@ -398,12 +410,131 @@ static size_t buffer_capacity(void)
     return (size_t)config.buffer_records + (use_inline ? INLINE_SLACK_RECORDS : 0);
 }
 
-#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
-static uint64_t *inline_limit(VcpuRing *r)
+/* ------------------------------------------ the FIFO by vmsplice (inline records) */
+
+/*
+ * Inline records go to a FIFO by vmsplice(): the pipe takes references to the
+ * pages of the vCPU's buffer and the reader's read() copies from them, so the
+ * vCPU thread copies nothing and the kernel allocates no pages. The price: a
+ * buffer so handed over must not be written again until the reader has read
+ * it. A vCPU whose buffer is full and in the pipe takes another one; a buffer
+ * is spare again once the FIFO's unread bytes (FIONREAD) show the reader past
+ * its end. Small pieces (sampled blocks, the records before a marker) are
+ * copied by write() instead, so that every buffer in the pipe holds a good
+ * share of it and the buffers in flight stay few.
+ */
+#define SPLICE_MIN_BYTES (16u << 10)
+
+typedef struct {
+    uint64_t *words;
+    uint64_t spliced_end;       /* fifo_bytes_written after its last splice */
+} SpareBuffer;
+
+#define NEVER_READ UINT64_MAX     /* the spliced_end of a buffer left in a closed FIFO */
+
+static GArray *spare_buffers;          /* SpareBuffer; under writer_lock */
+static uint64_t fifo_bytes_written;    /* ever, by write() and vmsplice() alike */
+static uint64_t fifo_bytes_read;       /* by the reader, as last seen */
+static uint64_t fifo_bytes_spliced;    /* ever (the counters' spliced_records) */
+
+static bool splice_fully(int fd, const void *data, size_t len)
 {
-    return r->words + config.buffer_records * config.record_words;
+    struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+    while (iov.iov_len > 0) {
+        ssize_t n = vmsplice(fd, &iov, 1, 0);
+        if (n > 0) {
+            iov.iov_base = (char *)iov.iov_base + n;
+            iov.iov_len -= (size_t)n;
+        } else if (n < 0 && errno != EINTR) {
+            trace_failed("trace");
+            return false;
+        }
+    }
+    return true;
 }
 
+/* Hands over len bytes of r's buffer: spliced when worth it, else written. */
+static bool hand_over(VcpuRing *r, int fd, const void *data, size_t len, bool may_block)
+{
+    if (!fifo_splice) {
+        return write_fully(fd, data, len, may_block);
+    }
+    bool done;
+    if (len >= SPLICE_MIN_BYTES) {
+        done = splice_fully(fd, data, len);
+        r->words_in_pipe = true;
+        r->words_spliced_end = fifo_bytes_written + len;
+        fifo_bytes_spliced += done ? len : 0;
+    } else {
+        done = write_fully(fd, data, len, may_block);
+    }
+    fifo_bytes_written += done ? len : 0;
+    return done;
+}
+
+/* What the reader has read: all that was written but what the pipe still holds. */
+static void update_fifo_bytes_read(void)
+{
+    int unread = 0;
+    if (trace_fd >= 0 && ioctl(trace_fd, FIONREAD, &unread) == 0) {
+        fifo_bytes_read = fifo_bytes_written - (uint64_t)unread;
+    }
+}
+
+static uint64_t *take_spare_buffer_locked(void)
+{
+    for (guint i = 0; i < spare_buffers->len; i++) {
+        SpareBuffer *b = &g_array_index(spare_buffers, SpareBuffer, i);
+        if (b->spliced_end <= fifo_bytes_read) {
+            uint64_t *words = b->words;
+            g_array_remove_index_fast(spare_buffers, i);
+            return words;
+        }
+    }
+    return NULL;
+}
+
+/* Before the vCPU starts its buffer again: another one if the pipe may still hold this one. */
+static void renew_buffer_if_in_pipe_locked(VcpuRing *r)
+{
+    if (!r->words_in_pipe) {
+        return;
+    }
+    SpareBuffer old = { .words = r->words, .spliced_end = r->words_spliced_end };
+    g_array_append_val(spare_buffers, old);
+    r->words = take_spare_buffer_locked();
+    if (!r->words) {
+        update_fifo_bytes_read();
+        r->words = take_spare_buffer_locked();
+    }
+    if (!r->words) {
+        r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+    }
+    r->words_in_pipe = false;
+}
+
+/*
+ * The FIFO is being closed: what it still holds may be read at any time, and
+ * a new FIFO's counts say nothing of it, so the buffers it may hold are never
+ * used again (at most a pipe's worth, per close).
+ */
+static void abandon_buffers_in_pipe_locked(void)
+{
+    update_fifo_bytes_read();
+    for (guint i = 0; i < spare_buffers->len; i++) {
+        SpareBuffer *b = &g_array_index(spare_buffers, SpareBuffer, i);
+        if (b->spliced_end > fifo_bytes_read) {
+            b->spliced_end = NEVER_READ;
+        }
+    }
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i] && rings[i]->words_in_pipe && rings[i]->words_spliced_end > fifo_bytes_read) {
+            rings[i]->words_spliced_end = NEVER_READ;
+        }
+    }
+}
+
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
 static uint64_t inline_position(VcpuRing *r)
 {
     return (uint64_t)((uint64_t *)qemu_plugin_record_buffer_next(r->index) - r->words) / config.record_words;
@@ -416,16 +547,16 @@ static uint64_t record_word(qemu_plugin_meminfo_t info, void *udata)
     return config.record_words == FORMAT_COMPACT ? bits << 48 : ((uint64_t)GMBE_VALID_BYTE << 56) | bits;
 }
 
-/* Records [from, to) of the buffer go out (markers among them); caller holds writer_lock. */
-static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t markers, bool may_block)
+/* n records of r go out (markers among them); caller holds writer_lock. */
+static void deliver_records_locked(VcpuRing *r, const uint64_t *records, uint64_t n, uint64_t markers,
+                                   bool may_block)
 {
-    uint64_t n = to - from;
     if (n == 0) {
         return;
     }
     if (have_trace() && !trace_broken) {
         int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
-        if (write_fully(fd, &r->words[from * config.record_words], n * record_bytes(), may_block)) {
+        if (hand_over(r, fd, records, n * record_bytes(), may_block)) {
             r->records_in_file += n;
             written_to_file += n - markers;
         } else if (!trace_broken) {
@@ -437,6 +568,12 @@ static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mar
     r->markers_flushed += markers;
     __atomic_store_n(&r->head, r->head + n, __ATOMIC_RELEASE);
     __atomic_store_n(&r->tail, r->head, __ATOMIC_RELEASE);
+}
+
+/* Records [from, to) of the vCPU's buffer go out: accesses only. */
+static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, bool may_block)
+{
+    deliver_records_locked(r, &r->words[from * config.record_words], to - from, 0, may_block);
 }
 
 /*
@@ -453,17 +590,57 @@ static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint
         uint64_t a = start > first ? start : first;
         uint64_t b = start + block < last ? start + block : last;
         if (a < b) {
-            deliver_locked(r, from + (a - first), from + (b - first), 0, may_block);
+            deliver_locked(r, from + (a - first), from + (b - first), may_block);
         }
     }
     r->events += to - from;
 }
 
+/* How many of the events [0, end) the sampling keeps: 2^L of every 2^(L+R). */
+static uint64_t sampled_before(uint64_t end, uint64_t mask)
+{
+    uint64_t block = mask & -mask;
+    unsigned log_period = (unsigned)__builtin_ctzll(mask) + (unsigned)__builtin_popcountll(mask);
+    if (log_period >= 64) {
+        return end < block ? end : block;
+    }
+    uint64_t period = UINT64_C(1) << log_period;
+    uint64_t rest = end % period;
+    return end / period * block + (rest < block ? rest : block);
+}
+
+/* How many of the events [first, first + count) the sampling keeps. */
+static uint64_t sampled_among(uint64_t first, uint64_t count, uint64_t mask)
+{
+    return mask ? sampled_before(first + count, mask) - sampled_before(first, mask) : count;
+}
+
+/*
+ * Records [from, to) that the vCPU may only have counted (the counting
+ * translation, between samples): passed over, never delivered. They are
+ * never sampled unless the sampling or the tracing changed under a counting
+ * vCPU: then those are lost, and counted as dropped.
+ */
+static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t to, bool traced, uint64_t mask)
+{
+    uint64_t end = r->unwritten_end > r->stream_base ? r->unwritten_end - r->stream_base : 0;
+    if (end <= from) {
+        return from;
+    }
+    uint64_t n = (end < to ? end : to) - from;
+    r->passed_over += n;
+    if (traced) {
+        r->dropped += sampled_among(r->events - r->events_at_enable, n, mask);
+        r->events += n;
+    }
+    return from + n;
+}
+
 /*
  * Hands over what the vCPU wrote since the last time: added the vCPU's bits,
- * then markers always, and accesses while tracing, sampled. Caller holds
- * writer_lock. Safe beside the running vCPU: records before its next pointer
- * are complete, and it writes only after it.
+ * the accesses while tracing, sampled (markers went out when written). Caller
+ * holds writer_lock. Safe beside the running vCPU: records before its next
+ * pointer are complete, and it writes only after it.
  */
 static void settle_inline_locked(VcpuRing *r, bool may_block)
 {
@@ -471,43 +648,92 @@ static void settle_inline_locked(VcpuRing *r, bool may_block)
     uint64_t from = r->inline_tail, to = inline_position(r);
     uint64_t *words = r->words;
     bool traced = __atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE);
+    uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
+    r->inline_tail = to;
+    from = pass_over_unwritten_locked(r, from, to, traced, mask);
+    if (!traced || from == to) {
+        return;
+    }
     if (r->vcpu_bits) {
         for (uint64_t i = from; i < to; i++) {
             words[i * w] |= r->vcpu_bits;
         }
     }
-    bool markers = __atomic_load_n(&r->markers, __ATOMIC_ACQUIRE) != r->markers_flushed;
-    uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
-    if (!markers && mask == 0) {            /* the usual case: all of it, in one piece */
-        if (traced) {
-            r->events += to - from;
-            deliver_locked(r, from, to, 0, may_block);
-        }
-    } else if (!markers && (mask >> 63) == 0) {    /* its period, 2^(L+R), fits in 64 bits */
-        if (traced) {
-            deliver_sampled_locked(r, from, to, mask, may_block);
-        }
+    if (mask == 0) {                        /* the usual case: all of it, in one piece */
+        r->events += to - from;
+        deliver_locked(r, from, to, may_block);
+    } else if ((mask >> 63) == 0) {         /* its period, 2^(L+R), fits in 64 bits */
+        deliver_sampled_locked(r, from, to, mask, may_block);
     } else {
         /* Runs of records kept: sampling keeps blocks of consecutive events. */
-        uint64_t run = from, run_markers = 0;
+        uint64_t run = from;
         for (uint64_t i = from; i < to; i++) {
-            bool keep;
-            if (markers && is_marker_word(words[i * w])) {
-                keep = true;
-            } else {
-                keep = traced && !((r->events++ - r->events_at_enable) & mask);
-            }
-            if (!keep) {
-                deliver_locked(r, run, i, run_markers, may_block);
+            if ((r->events++ - r->events_at_enable) & mask) {
+                deliver_locked(r, run, i, may_block);
                 run = i + 1;
-                run_markers = 0;
-            } else {
-                run_markers += markers && is_marker_word(words[i * w]);
             }
         }
-        deliver_locked(r, run, to, run_markers, may_block);
+        deliver_locked(r, run, to, may_block);
     }
-    r->inline_tail = to;
+}
+
+/*
+ * Sampled traces: between the traced blocks of events, the vCPU runs blocks
+ * that only count their accesses (qemu_plugin_set_record_counting). Their
+ * limit lies COUNTING_MARGIN records before the next traced block: that many
+ * accesses may pass a room check unwritten, never more.
+ */
+#define COUNTING_MARGIN QEMU_PLUGIN_RECORD_COUNTING_SLACK
+#define MIN_COUNTED_RECORDS 256u     /* fewer are not worth the two changes of translation */
+
+/* Where the vCPU's new buffer ends, and whether it counts or writes records till there. */
+static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
+{
+    uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
+    uint64_t limit = config.buffer_records;
+    *count = false;
+    if (!use_counting || mask == 0 || (mask >> 63) || !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
+        return limit;
+    }
+    uint64_t block = mask & -mask;
+    uint64_t period = block << __builtin_popcountll(mask);
+    uint64_t in_period = (r->events - r->events_at_enable) % period;
+    if (in_period < block) {
+        /* In a traced block: back here where it ends. */
+        return block - in_period < limit ? block - in_period : limit;
+    }
+    uint64_t wanted_in = period - in_period;        /* the next traced event, so many records on */
+    if (wanted_in < COUNTING_MARGIN + MIN_COUNTED_RECORDS) {
+        return wanted_in < limit ? wanted_in : limit;
+    }
+    *count = true;
+    limit = wanted_in - COUNTING_MARGIN < limit ? wanted_in - COUNTING_MARGIN : limit;
+    uint64_t unwritten_end = r->stream_base + limit + COUNTING_MARGIN;
+    if (unwritten_end > r->unwritten_end) {
+        r->unwritten_end = unwritten_end;
+    }
+    return limit;
+}
+
+/*
+ * The vCPU starts its buffer again, as planned. Until it runs the planned
+ * translation (it changes at its next room check before an instruction),
+ * every room check comes here: its limit is where it is.
+ */
+static void start_buffer_locked(VcpuRing *r)
+{
+    r->stream_base += r->inline_tail;
+    r->inline_tail = 0;
+    renew_buffer_if_in_pipe_locked(r);
+    bool count;
+    uint64_t limit = plan_buffer_locked(r, &count);
+    if (use_counting) {
+        qemu_plugin_set_record_counting(r->index, count);
+        if (count != qemu_plugin_record_counting(r->index)) {
+            limit = 0;
+        }
+    }
+    qemu_plugin_set_record_buffer(r->index, r->words, r->words + limit * config.record_words);
 }
 
 /* The generated code found the buffer full (or a marker needs room): hand over, start again. */
@@ -516,20 +742,47 @@ static void inline_buffer_full(unsigned int vcpu_index, void *udata)
     VcpuRing *r = rings[vcpu_index];
     pthread_mutex_lock(&writer_lock);
     settle_inline_locked(r, !config.drop_when_full);
-    r->inline_tail = 0;
-    qemu_plugin_set_record_buffer(vcpu_index, r->words, inline_limit(r));
+    start_buffer_locked(r);
     pthread_mutex_unlock(&writer_lock);
 }
 
+/*
+ * A vCPU that has no buffer yet: a new one, or (user mode) a new thread given
+ * the index of one that ended, whose records went out when it did.
+ */
 static void start_inline_buffer(VcpuRing *r)
 {
-    if (use_inline && r->inline_tail == 0 && qemu_plugin_record_buffer_next(r->index) == NULL) {
-        qemu_plugin_set_record_buffer(r->index, r->words, inline_limit(r));
+    if (use_inline && qemu_plugin_record_buffer_next(r->index) == NULL) {
+        pthread_mutex_lock(&writer_lock);
+        r->inline_tail = 0;
+        r->unwritten_end = r->stream_base;     /* a new vCPU starts writing records */
+        start_buffer_locked(r);
+        pthread_mutex_unlock(&writer_lock);
     }
+}
+
+/* A forked child (user mode): the parent's FIFO may hold pages of these buffers; never write them. */
+static void leave_buffers_in_pipe_alone(void)
+{
+    if (!fifo_splice) {
+        return;
+    }
+    for (unsigned i = 0; i < num_rings; i++) {
+        if (rings[i]) {
+            rings[i]->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+            rings[i]->words_in_pipe = false;
+            rings[i]->inline_tail = 0;
+            qemu_plugin_set_record_buffer(i, rings[i]->words,
+                                          rings[i]->words + config.buffer_records * config.record_words);
+        }
+    }
+    g_array_set_size(spare_buffers, 0);
+    fifo_splice = false;
 }
 #else
 static void settle_inline_locked(VcpuRing *r, bool may_block) {}
 static void start_inline_buffer(VcpuRing *r) {}
+static void leave_buffers_in_pipe_alone(void) {}
 #endif
 
 /* Before tracing changes on this vCPU (its own thread): what it wrote so far goes by the old rule. */
@@ -764,19 +1017,17 @@ static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
     }
     struct gmbe_record m = gmbe_marker(r->index, kind, number);
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
-    if (use_inline) {       /* in the stream the generated code writes, where it is now */
-        uint64_t *next = qemu_plugin_record_buffer_next(r->index);
-        if (next >= inline_limit(r)) {
-            inline_buffer_full(r->index, NULL);
-            next = r->words;
-        }
-        memset(next, 0, record_bytes());
-        next[0] = config.record_words == FORMAT_COMPACT ? gmbe_compact_encode(&m) : m.info_word;
+    if (use_inline) {       /* out at once, after what the vCPU wrote before it */
+        uint64_t record[FORMAT_EXTENDED] = { 0 };
+        record[0] = config.record_words == FORMAT_COMPACT ? gmbe_compact_encode(&m) : m.info_word;
         if (config.record_words != FORMAT_COMPACT) {
-            next[1] = m.virt_addr;
+            record[1] = m.virt_addr;
         }
+        pthread_mutex_lock(&writer_lock);
+        settle_inline_locked(r, !config.drop_when_full);
         __atomic_store_n(&r->markers, r->markers + 1, __ATOMIC_RELEASE);
-        qemu_plugin_set_record_buffer(r->index, next + config.record_words, inline_limit(r));
+        deliver_records_locked(r, record, 1, 1, !config.drop_when_full);
+        pthread_mutex_unlock(&writer_lock);
         return;
     }
 #endif
@@ -1070,7 +1321,7 @@ static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
 
 static int format_counters(char *out, size_t size)
 {
-    uint64_t events = 0, written_to_buf = 0, waiting = 0, dropped = 0, markers = 0;
+    uint64_t events = 0, written_to_buf = 0, waiting = 0, dropped = 0, markers = 0, passed_over = 0;
     bool tracing = false, out_of_instructions = false;
     for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
         VcpuRing *r = rings[i];
@@ -1086,6 +1337,7 @@ static int format_counters(char *out, size_t size)
         out_of_instructions |= r->out_of_instructions;
         waiting += head - __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
         dropped += __atomic_load_n(&r->dropped, __ATOMIC_RELAXED) - r->dropped_at_enable;
+        passed_over += __atomic_load_n(&r->passed_over, __ATOMIC_RELAXED);
     }
     return snprintf(out, size,
                     "num_of_GMBE_events_since_enabling_GMBEOO=%" PRIu64
@@ -1096,11 +1348,12 @@ static int format_counters(char *out, size_t size)
                     " num_of_markers=%" PRIu64
                     " num_of_untraced_children=%" PRIu64
                     " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d"
-                    " inline_records=%d",
+                    " inline_records=%d counted_only_records=%" PRIu64 " spliced_records=%" PRIu64,
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
                     waiting, dropped, markers, __atomic_load_n(&untraced_children, __ATOMIC_RELAXED),
                     tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
-                    __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions, use_inline);
+                    __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions, use_inline,
+                    passed_over, __atomic_load_n(&fifo_bytes_spliced, __ATOMIC_RELAXED) / record_bytes());
 }
 
 /* ------------------------------------------------------------- options */
@@ -1201,6 +1454,10 @@ static const PluginOption plugin_options[] = {
       "record through a callback even where QEMU (qemu_patches/) can write records inline" },
     { "buffer_records", OPT_COUNT, offsetof(Config, buffer_records), false,
       "records a vCPU buffers before handing them over (default 4096)" },
+    { "fifo_by_write", OPT_BOOL, offsetof(Config, fifo_by_write), false,
+      "inline records go to a FIFO copied by write(), not by vmsplice" },
+    { "record_between_samples", OPT_BOOL, offsetof(Config, record_between_samples), false,
+      "sampled inline records: written between samples too, not only counted" },
 };
 
 /* Applies one key=value to cfg: any option at install, the live ones for "set". */
@@ -1303,6 +1560,9 @@ static bool open_trace(char **error)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     }
     trace_fd = move_fd_high(fd);
+    struct stat st;
+    fifo_splice = use_inline && !config.fifo_by_write && !config.drop_when_full &&
+                  fstat(trace_fd, &st) == 0 && S_ISFIFO(st.st_mode);
     return true;
 }
 
@@ -1317,6 +1577,10 @@ static void close_trace(void)
         }
     }
     if (trace_fd >= 0) {
+        if (fifo_splice) {
+            abandon_buffers_in_pipe_locked();
+            fifo_splice = false;
+        }
         close(trace_fd);
         trace_fd = -1;
     }
@@ -1415,7 +1679,7 @@ static char *handle_command(char *line)
         return g_strdup("ok");
     }
     if (g_strcmp0(cmd, "counters") == 0) {
-        char buf[512];
+        char buf[1024];
         format_counters(buf, sizeof(buf));
         return g_strdup_printf("ok %s", buf);
     }
@@ -1527,6 +1791,7 @@ static void forget_trace_in_child(void)
         }
     }
     config.trace_dir = NULL;
+    leave_buffers_in_pipe_alone();
     if (trace_fd >= 0) {
         close(trace_fd);
         trace_fd = -1;
@@ -1544,7 +1809,7 @@ static void write_counters_file(void)
     if (!config.counters_path) {
         return;
     }
-    char buf[512];
+    char buf[1024];
     format_counters(buf, sizeof(buf));
     FILE *f = fopen(config.counters_path, "w");
     if (f) {
@@ -1607,9 +1872,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
     /* Extended records need the TLB at the access (the physical address): a callback's job. */
     use_inline = !config.callback_records && config.record_words != FORMAT_EXTENDED && inline_available();
+    spare_buffers = g_array_new(false, false, sizeof(SpareBuffer));
     if (use_inline) {
         qemu_plugin_register_record_full_cb(id, inline_buffer_full, NULL);
     }
+    use_counting = use_inline && !config.record_between_samples &&
+                   qemu_plugin_set_record_counting && qemu_plugin_record_counting;
 #endif
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));

@@ -1,8 +1,13 @@
 """What holds alike in user mode and in full system, run in both: sampling exactly as the
-original's formula says, --timeout, a crashing workload, and the info words reaching the tool."""
+original's formula says, --timeout, a crashing workload, the info words reaching the tool, and the
+accesses that QEMU's helpers make in blocks."""
+import subprocess
+
 import pytest
 
 from conftest import PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, parse_sections, system, trace_info, user_mode
+from memtracer.record import access_sizes, is_store
+from memtracer.trace.trace_file import read_batches
 
 MODES = {"user": user_mode, "system": system}
 COUNT = TOOLS / "count"
@@ -38,6 +43,16 @@ def test_sampling_one_block_in_sixteen(traced):
     assert info["actual_tracing_ratio"] in (15, 16)
 
 
+def test_sampling_with_long_gaps_is_exact(traced):
+    """Blocks of 16 traced, 16368 skipped: the vCPU runs blocks that only count accesses through the
+    gaps (the patched QEMU's counting translation), and still keeps exactly the formula's events."""
+    _, counts, info = traced("--workload_path_on_host", MEM_LOOP, "--workload_args", "4096 2",
+                             "--log_of_GMBE_block_len", 4, "--log_of_GMBE_tracing_ratio", 10)
+    full, rest = divmod(info["num_of_GMBE_events_since_enabling_GMBEOO"], 16384)
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"] == full * 16 + min(rest, 16)
+    assert full > 30 and "num_of_dropped_events" not in info
+
+
 def test_timeout_stops_the_workload_and_keeps_its_records(traced):
     run, counts, info = traced("--workload_path_on_host", PROGRAMS / "spin_forever", "--timeout", 2)
     assert "--timeout 2 s" in run.stderr
@@ -63,3 +78,34 @@ def test_info_words_reach_the_analysis_tool_as_argv(tracer, mode):
     sections = parse_sections(run.stdout)
     assert sections["analysis output"].split() == sections["workload info"].split()
     assert len(sections["workload info"].split()) == 14
+
+
+def global_address(program, name):
+    """Where a global of a static, position-dependent program lies: the same in every run."""
+    symbols = subprocess.run(["nm", program], capture_output=True, text=True, check=True).stdout
+    return next(int(address, 16) for address, _, symbol in map(str.split, symbols.splitlines()) if symbol == name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_accesses_that_helpers_make_in_blocks_are_traced(tracer, tmp_path, mode):
+    """fxsave, fxrstor and the x87's 80-bit fldt and fstpt reach guest memory from QEMU's helpers,
+    a block at a time, not through the generated code's accesses: every one of them is traced."""
+    program, rounds, trace = PROGRAMS / "helper_paths", 20, tmp_path / "helpers.gmbe"
+    run = tracer(*MODES[mode]("--workload_path_on_host", program, "--workload_args", rounds,
+                              "--analysis_tool_path", TOOLS / "record", "--analysis_tool_args", f"--output {trace}"))
+    assert run.returncode == 0, run.stderr
+    xmm_area = global_address(program, "fx_area") + 160      # fxsave's layout: XMM0-15 at 160..415
+    extended = global_address(program, "extended")
+    seen = {}
+    for batch in read_batches(trace):
+        for what, address, end, size in [("xmm", xmm_area, xmm_area + 256, 8), ("mantissa", extended, extended + 8, 8),
+                                         ("exponent", extended + 8, extended + 10, 2)]:
+            mine = batch[(batch["virt_addr"] >= address) & (batch["virt_addr"] < end) & (access_sizes(batch) == size)]
+            stores = int(is_store(mine).sum())
+            seen[what, "store"] = seen.get((what, "store"), 0) + stores
+            seen[what, "load"] = seen.get((what, "load"), 0) + len(mine) - stores
+    # Each round: fxsave stores the 16 XMM registers as 32 quadwords and fxrstor loads them back;
+    # fldt loads a quadword and a word, and fstpt stores them.
+    assert seen == {("xmm", "store"): 32 * rounds, ("xmm", "load"): 32 * rounds,
+                    ("mantissa", "store"): rounds, ("mantissa", "load"): rounds,
+                    ("exponent", "store"): rounds, ("exponent", "load"): rounds}

@@ -1,10 +1,11 @@
 /*
  * helper_paths - deterministic memory work through every way QEMU performs an
  * access: plain loads and stores, rep movs and rep stos (a loop inside one
- * instruction), cmpxchg16b, fxsave and fxrstor, iretq, a faulting store caught
- * by a SIGSEGV handler, and threads (each a vCPU of its own in user mode), each
- * working on its own data. The same run, traced twice, must give the same
- * records byte for byte (with ASLR off). Usage: helper_paths [ROUNDS (default 100)].
+ * instruction), cmpxchg16b, fxsave and fxrstor, x87 80-bit loads and stores,
+ * iretq, a faulting store caught by a SIGSEGV handler, and threads (each a vCPU
+ * of its own in user mode), each working on its own data. The same run, traced
+ * twice, must give the same records byte for byte (with ASLR off).
+ * Usage: helper_paths [ROUNDS (default 100)].
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -22,7 +23,8 @@
 
 static uint64_t source[WORDS], target[WORDS];
 static unsigned __int128 pair __attribute__((aligned(16)));
-static uint8_t fx_area[512] __attribute__((aligned(16)));
+uint8_t fx_area[512] __attribute__((aligned(16)));    /* global: tests find them by name */
+long double extended;
 static sigjmp_buf recover;
 static volatile char *forbidden;
 
@@ -36,6 +38,14 @@ static void fill_with_rep_stos(void *to, uint64_t value, size_t words)
     __asm__ volatile("rep stosq" : "+D"(to), "+c"(words) : "a"(value) : "memory");
 }
 
+/* Plain loads and stores, a different address each: most of a program's accesses are these. */
+static void mix_plainly(uint64_t round)
+{
+    for (int i = 0; i < WORDS; i++) {
+        target[i] += source[(i * 7) % WORDS] ^ round;
+    }
+}
+
 static void swap_pair(uint64_t round)
 {
     unsigned __int128 old = pair;
@@ -43,10 +53,12 @@ static void swap_pair(uint64_t round)
     __sync_val_compare_and_swap(&pair, old, new);     /* cmpxchg16b: built with -mcx16 */
 }
 
+/* Helpers that reach guest memory in blocks, not through the generated code's accesses. */
 static void save_and_restore_fpu(void)
 {
     __asm__ volatile("fxsave %0" : "=m"(fx_area));
     __asm__ volatile("fxrstor %0" : : "m"(fx_area));
+    __asm__ volatile("fldt %1\n\tfstpt %0" : "=m"(extended) : "m"(extended));
 }
 
 /* An iretq from CPL 3 to CPL 3: pops rip, cs, rflags, rsp and ss from the stack. */
@@ -122,6 +134,7 @@ int main(int argc, char **argv)
     for (long round = 0; round < rounds; round++) {
         fill_with_rep_stos(source, (uint64_t)round, WORDS);
         copy_with_rep_movs(target, source, sizeof source);
+        mix_plainly((uint64_t)round);
         swap_pair((uint64_t)round);
         save_and_restore_fpu();
         return_with_iretq();
