@@ -8,7 +8,7 @@ no memory_tracer around it, so that plugin options can be set one by one):
   translation between samples (blocks that only count accesses), in blocks of 1 and of 16 events.
 
 Rounds are interleaved (each runs every mode once); the table shows medians, minimums beside them,
-and ratios over untraced QEMU of the same rounds.
+and ratios over untraced QEMU of the same rounds. bench/run.py includes it in bench/RESULTS.md.
 
     python3 bench/handover.py [--rounds N] [--quick]"""
 import argparse
@@ -94,37 +94,44 @@ def raw_pipe_rate():
     return (1 << 30) / 16 / (time.monotonic() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="smaller inputs")
-    args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Hand-over and sampling (user mode), {args.rounds} interleaved rounds", ""]
+def measure(rounds, quick):
+    """The section's markdown lines."""
+    lines = [f"Hand-over and sampling, user mode, qemu-x86_64 with the plugin alone ({rounds} interleaved "
+             "rounds; bench/handover.py).", ""]
     with tempfile.TemporaryDirectory(prefix="memtracer-bench-") as tmp:
         tmp = Path(tmp)
         pipe_rates = []
-        for name, program in workloads(tmp, args.quick).items():
+        for name, program in workloads(tmp, quick).items():
             times = {mode: [] for mode in MODES}
             records = {}
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 pipe_rates.append(raw_pipe_rate())
                 for mode in MODES:
                     seconds, records[mode] = run_mode(mode, program, tmp)
                     times[mode].append(seconds)
             untraced = statistics.median(times["untraced"])
-            lines += [f"## {name}", "", "| mode | median s | min s | / untraced | M records/s | records |",
+            lines += [f"**{name}**", "", "| mode | median s | min s | / untraced | M records/s | records |",
                       "|---|---|---|---|---|---|"]
             for mode, values in times.items():
                 mid = statistics.median(values)
-                rate = records[mode] / mid / 1e6 if records[mode] else 0
-                lines.append(f"| {mode} | {mid:.3f} | {min(values):.3f} | {mid / untraced:.2f}x | "
-                             f"{rate:.0f} | {records[mode]} |")
+                rate = f"{records[mode] / mid / 1e6:.0f}" if records[mode] else "-"
+                lines.append(f"| {mode} | {mid:.3f} | {min(values):.3f} | {mid / untraced:.2f}x | {rate} | "
+                             f"{records[mode]} |")
             lines.append("")
-            print(f"measured {name}", file=sys.stderr)
-        lines.append(f"A raw pipe (dd to dd, 64 KiB writes, 1 MiB reads) carried {statistics.median(pipe_rates) / 1e6:.0f} "
-                     f"M records/s (median; {max(pipe_rates) / 1e6:.0f} at best) in the same rounds.")
-    text = "\n".join(lines) + "\n"
+            print(f"measured hand-over: {name}", file=sys.stderr)
+        lines.append(f"A raw pipe (dd to dd, 64 KiB writes, 1 MiB reads) carried "
+                     f"{statistics.median(pipe_rates) / 1e6:.0f} M records/s in these rounds (median; "
+                     f"{max(pipe_rates) / 1e6:.0f} at best).")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs")
+    args = parser.parse_args()
+    text = "\n".join(["# Hand-over and sampling", "", *measure(args.rounds, args.quick)]) + "\n"
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "handover.md").write_text(text)
     print(text)
 

@@ -16,7 +16,9 @@ interleaved (each runs every mode once); the tables show medians and ratios, nev
 Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
 
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
-runs, memory_tracer -v), and the analysis tools' throughput on a recorded trace (bench/tools.py).
+runs, memory_tracer -v), the FIFO by write() and by vmsplice and sampling with and without counting
+through the gaps, plugin option by option (bench/handover.py), and the analysis tools' throughput on
+a recorded trace (bench/tools.py).
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -43,6 +45,7 @@ from memtracer.environment import use_project_environment  # noqa: E402
 use_project_environment()   # any python3 runs it inside build/venv
 sys.path.insert(0, str(REPO / "bench"))
 
+import handover as bench_handover  # noqa: E402
 import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
@@ -353,6 +356,8 @@ def main():
                                                       raw_pipe_records_per_second(rounds))
                 lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
                           *table, ""]
+        if args.only in (None, "user"):
+            lines += ["## Hand-over and sampling", "", *bench_handover.measure(rounds, args.quick), ""]
         if args.only in (None, "tools"):
             lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, data_dir), ""]
     if summaries:
