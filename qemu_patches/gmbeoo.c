@@ -708,7 +708,9 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
         return block - in_period < limit ? block - in_period : limit;
     }
     uint64_t wanted_in = period - in_period;        /* the next traced event, so many records on */
-    if (wanted_in < COUNTING_MARGIN + MIN_COUNTED_RECORDS) {
+    /* Only a long gap is worth changing translation for; once counting, to the end of the gap. */
+    uint64_t worth = qemu_plugin_record_counting(r->index) ? 1 : MIN_COUNTED_RECORDS;
+    if (wanted_in < COUNTING_MARGIN + worth) {
         return wanted_in < limit ? wanted_in : limit;
     }
     *count = true;
