@@ -174,6 +174,18 @@ static uint64_t sampling_mask_for(unsigned log_block_len, unsigned log_ratio)
     return ones << log_block_len;
 }
 
+/* A sampling mask's traced block: its first 2^L events of every period. */
+static inline uint64_t traced_block(uint64_t mask)
+{
+    return mask & -mask;
+}
+
+/* log2 of a sampling mask's period, L + R (up to 64: then the period does not fit in 64 bits). */
+static inline unsigned log_sampling_period(uint64_t mask)
+{
+    return (unsigned)__builtin_ctzll(mask) + (unsigned)__builtin_popcountll(mask);
+}
+
 /*
  * The guest shares our fd table in user mode, and programs close or dup2 over
  * low fds: keep ours out of their way, high and close-on-exec.
@@ -582,8 +594,8 @@ static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, bool may_blo
  */
 static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mask, bool may_block)
 {
-    uint64_t block = (mask & -mask);                   /* 2^L: events in a traced block */
-    uint64_t period = block << __builtin_popcountll(mask);   /* 2^(L+R) */
+    uint64_t block = traced_block(mask);
+    uint64_t period = UINT64_C(1) << log_sampling_period(mask);
     uint64_t first = r->events - r->events_at_enable;  /* the event index of record `from` */
     uint64_t last = first + (to - from);
     for (uint64_t start = first - first % period; start < last; start += period) {
@@ -599,8 +611,8 @@ static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint
 /* How many of the events [0, end) the sampling keeps: 2^L of every 2^(L+R). */
 static uint64_t sampled_before(uint64_t end, uint64_t mask)
 {
-    uint64_t block = mask & -mask;
-    unsigned log_period = (unsigned)__builtin_ctzll(mask) + (unsigned)__builtin_popcountll(mask);
+    uint64_t block = traced_block(mask);
+    unsigned log_period = log_sampling_period(mask);
     if (log_period >= 64) {
         return end < block ? end : block;
     }
@@ -700,8 +712,8 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     if (!use_counting || mask == 0 || (mask >> 63) || !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
         return limit;
     }
-    uint64_t block = mask & -mask;
-    uint64_t period = block << __builtin_popcountll(mask);
+    uint64_t block = traced_block(mask);
+    uint64_t period = UINT64_C(1) << log_sampling_period(mask);
     uint64_t in_period = (r->events - r->events_at_enable) % period;
     if (in_period < block) {
         /* In a traced block: back here where it ends. */

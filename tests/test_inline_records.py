@@ -23,18 +23,22 @@ PLUGIN = QEMU_DIR / "libgmbeoo.so"
 GUEST_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1"}
 
 
+def run_helper_paths(*plugin_args):
+    """helper_paths, 20 rounds, under qemu-x86_64 with ASLR off and GMBEOO given plugin_args."""
+    run = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
+                          ",".join([str(PLUGIN), *plugin_args]), PROGRAMS / "helper_paths", "20"],
+                         capture_output=True, text=True, timeout=120, env=GUEST_ENVIRONMENT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("helper_paths: 20 rounds")
+
+
 def trace_files(tmp_path, name, *plugin_args):
     """helper_paths under qemu-x86_64 with GMBEOO writing one trace file per vCPU; the files'
     bytes and the plugin's counters."""
     folder = tmp_path / name
     folder.mkdir()
     counters = tmp_path / f"{name}.counters"
-    arguments = ",".join([f"{PLUGIN}", f"trace_dir={folder}", f"counters_path={counters}", *plugin_args])
-    run = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin", arguments,
-                          PROGRAMS / "helper_paths", "20"], capture_output=True, text=True, timeout=120,
-                         env=GUEST_ENVIRONMENT)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("helper_paths: 20 rounds")
+    run_helper_paths(f"trace_dir={folder}", f"counters_path={counters}", *plugin_args)
     files = {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
     return files, parse_counters(counters.read_text())
 
@@ -104,12 +108,8 @@ def test_the_fifo_gets_the_buffers_by_vmsplice_intact(tmp_path):
     os.mkfifo(fifo)
     reader = threading.Thread(target=read_slowly, args=(fifo, chunks))
     reader.start()
-    run = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
-                          f"{PLUGIN},trace_fifo_path={fifo},counters_path={counters}",
-                          PROGRAMS / "helper_paths", "20"], capture_output=True, text=True, timeout=120,
-                         env=GUEST_ENVIRONMENT)
+    run_helper_paths(f"trace_fifo_path={fifo}", f"counters_path={counters}")
     reader.join(timeout=60)
-    assert run.returncode == 0, run.stderr
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["spliced_records"] > len(records) // 2
     for vcpu in range(4):
