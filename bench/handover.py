@@ -4,6 +4,8 @@ no memory_tracer around it, so that plugin options can be set one by one):
 
 - the FIFO to a reader that knows nothing of the ring (dd, 1 MiB reads), by the vCPU's write() and
   by vmsplice (the pipe takes the buffers' pages), beside a raw pipe's capacity (dd | dd);
+- the shared-memory ring to analysis_tools' count, records written in place in the ring by the lone
+  vCPU, and copied into it from the vCPU's buffer;
 - sampled 1/1024, every record written then sampled at hand-over, and with the counting
   translation between samples (blocks that only count accesses), in blocks of 1 and of 16 events.
 
@@ -13,6 +15,7 @@ and ratios over untraced QEMU of the same rounds. bench/run.py includes it in be
     python3 bench/handover.py [--rounds N] [--quick]"""
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -25,8 +28,9 @@ sys.path.insert(0, str(REPO))
 from memtracer.environment import use_project_environment  # noqa: E402
 
 use_project_environment()
-from memtracer.layout import DEFAULT_QEMU_DIR, GUEST_PROGRAMS_DIR  # noqa: E402
+from memtracer.layout import ANALYSIS_TOOLS_DIR, DEFAULT_QEMU_DIR, GUEST_PROGRAMS_DIR  # noqa: E402
 from memtracer.qemu.plugin_control import parse_counters  # noqa: E402
+from memtracer.trace.shm_ring import create_ring  # noqa: E402
 
 QEMU = DEFAULT_QEMU_DIR / "qemu-x86_64"
 PLUGIN = DEFAULT_QEMU_DIR / "libgmbeoo.so"
@@ -34,15 +38,17 @@ OUT = REPO / "bench" / "out"
 READER = ["dd", "of=/dev/null", "bs=1M", "status=none"]
 SAMPLED = {"L": "log_of_GMBE_block_len", "R": "log_of_GMBE_tracing_ratio"}
 
-# mode: (plugin options or None for untraced, whether a FIFO reader takes the trace)
+# mode: (plugin options or None for untraced, where the trace goes: a FIFO, a ring or trace files)
 MODES = {
-    "untraced": (None, False),
-    "FIFO by write()": (["fifo_by_write=on"], True),
-    "FIFO by vmsplice": ([], True),
-    "sampled 1/1024, all written": ([f"{SAMPLED['R']}=10", "record_between_samples=on"], False),
-    "sampled 1/1024, counting": ([f"{SAMPLED['R']}=10"], False),
-    "1/1024 in 16s, all written": ([f"{SAMPLED['L']}=4", f"{SAMPLED['R']}=10", "record_between_samples=on"], False),
-    "1/1024 in 16s, counting": ([f"{SAMPLED['L']}=4", f"{SAMPLED['R']}=10"], False),
+    "untraced": (None, None),
+    "FIFO by write()": (["fifo_by_write=on"], "fifo"),
+    "FIFO by vmsplice": ([], "fifo"),
+    "ring, copied in": (["ring_by_copy=on"], "ring"),
+    "ring, in place": ([], "ring"),
+    "sampled 1/1024, all written": ([f"{SAMPLED['R']}=10", "record_between_samples=on"], "dir"),
+    "sampled 1/1024, counting": ([f"{SAMPLED['R']}=10"], "dir"),
+    "1/1024 in 16s, all written": ([f"{SAMPLED['L']}=4", f"{SAMPLED['R']}=10", "record_between_samples=on"], "dir"),
+    "1/1024 in 16s, counting": ([f"{SAMPLED['L']}=4", f"{SAMPLED['R']}=10"], "dir"),
 }
 
 
@@ -57,17 +63,22 @@ def workloads(data_dir, quick):
 
 def run_mode(mode, program, work_dir):
     """(seconds, records delivered) of one run."""
-    options, fifo = MODES[mode]
+    options, transport = MODES[mode]
     if options is None:
         start = time.monotonic()
         subprocess.run([QEMU, *program], stdout=subprocess.DEVNULL, check=True)
         return time.monotonic() - start, 0
     counters = work_dir / "counters"
-    if fifo:
+    if transport == "fifo":
         trace = work_dir / "trace.fifo"
         os.mkfifo(trace)
         reader = subprocess.Popen([*READER, f"if={trace}"])
         where = f"trace_fifo_path={trace}"
+    elif transport == "ring":
+        trace = Path("/dev/shm") / f"{work_dir.name}.ring"
+        create_ring(trace)
+        reader = subprocess.Popen([ANALYSIS_TOOLS_DIR / "count", trace], stdout=subprocess.DEVNULL)
+        where = f"trace_shm_path={trace}"
     else:
         trace = work_dir / "trace_dir"
         trace.mkdir()
@@ -76,6 +87,8 @@ def run_mode(mode, program, work_dir):
     plugin = ",".join([str(PLUGIN), where, f"counters_path={counters}", *options])
     start = time.monotonic()
     subprocess.run([QEMU, "-plugin", plugin, *program], stdout=subprocess.DEVNULL, check=True)
+    if transport == "ring":
+        reader.send_signal(signal.SIGUSR1)    # count reports once the ring is empty
     if reader:
         reader.wait()
     seconds = time.monotonic() - start

@@ -3,7 +3,8 @@
 
 Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace; also Debian's own binaries, to
 compare the patched QEMU with), traced (lossless, to the C count tool, which takes the shared-memory
-ring: records written by the generated code), the same through the plugin's callback
+ring: records written by the generated code, in place in the ring with one vCPU), the same copied
+into the ring from the vCPU's buffer (--ring_by_copy), through the plugin's callback
 (--callback_records), through the FIFO to a tool that knows only the original protocol
 (bench/fifo_reader.py; beside a raw pipe's capacity measured in the same run), to the Python API's
 count.py, CPL3-only, sampled 1/1024; anchors: QEMU's own upstream `mem` plugin in its
@@ -16,7 +17,7 @@ interleaved (each runs every mode once); the tables show medians and ratios, nev
 Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
 
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
-runs, memory_tracer -v), the FIFO by write() and by vmsplice and sampling with and without counting
+runs, memory_tracer -v), the FIFO by write() and by vmsplice, the ring in place and copied, and sampling with and without counting
 through the gaps, plugin option by option (bench/handover.py), and the analysis tools' throughput on
 a recorded trace (bench/tools.py).
 
@@ -59,6 +60,7 @@ QEMU_MODES = {
     "untraced Debian": ["--dont_trace"],      # Debian's own QEMU binaries (DEBIAN_QEMU_DIR)
     "traced": COUNT,
     "callback": COUNT + ["--callback_records"],
+    "ring by copy": COUNT + ["--ring_by_copy"],
     "FIFO, other tool": ["--analysis_tool_path", str(REPO / "bench" / "fifo_reader.py"), "--print_trace_info"],
     "count.py": PYTHON_COUNT,
     "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
@@ -75,7 +77,7 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
-COLORS = {"traced": "tab:blue", "callback": "tab:olive", "untraced Debian": "black", "FIFO, other tool": "tab:pink",
+COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black", "FIFO, other tool": "tab:pink",
           "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
           "insn limit": "tab:gray"}

@@ -52,6 +52,9 @@ class TraceSettings:
     fifo_by_write: bool = setting(
         False, "Hand the records to a FIFO by write(), copied by the kernel, instead of by vmsplice(), "
                "which gives the pipe the buffers themselves (for comparison).")
+    ring_by_copy: bool = setting(
+        False, "Copy the records into the shared-memory ring from each vCPU's buffer, instead of "
+               "writing them in place in the ring (one vCPU only; for comparison).")
     record_between_samples: bool = setting(
         False, "With sampling, write every record and keep the sampled ones when handing them over, "
                "instead of running code that only counts accesses between the samples (for comparison).")

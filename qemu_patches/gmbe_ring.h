@@ -8,6 +8,8 @@
  * writes only its own counter, so no lock and no system call is needed while
  * the stream flows. An empty ring makes the consumer poll, a full one makes
  * the producer poll (20 us sleeps). memtracer/trace/shm_ring.py is the Python side.
+ * The plugin maps the records twice in a row where it can (data_offset and the
+ * records' size whole pages): a lone vCPU then writes into the ring in place.
  *
  * Negotiated under memory_tracer: a tool that can read the ring finds its path
  * in GMBE_RING_ENV beside the FIFO of argv[1], and sets `attached` before it

@@ -68,6 +68,7 @@ typedef struct {
     uint64_t header;             /* the constant bits of this vCPU's records */
     uint64_t vcpu_bits;          /* the vCPU index's bits in its records */
     uint64_t *words;             /* buffer_records records of record_words words */
+    uint64_t *own_words;         /* inline records: words when it is not a window of the ring */
     uint64_t dropped;            /* ever */
     uint64_t drop_retry_countdown;
     uint64_t markers;            /* marker records ever appended */
@@ -83,7 +84,10 @@ typedef struct {
     uint64_t stream_base;        /* inline records: what the vCPU wrote before its current buffer */
     uint64_t unwritten_end;      /* inline records: before this, the vCPU may have only counted them */
     uint64_t passed_over;        /* records passed over as only counted, ever */
-    bool words_in_pipe;          /* whether the pipe may still hold pages of words */
+    bool words_in_pipe;          /* whether the pipe may still hold pages of own_words */
+    bool in_ring;                /* inline records: words is a window of the shared-memory ring */
+    uint64_t window_seq;         /* the ring's head when the window was taken */
+    uint64_t window_generation;  /* the ring_generation of the ring it was taken from */
     uint64_t records_in_file;
     /* Snapshots taken by "enable": the counters report what came after. */
     uint64_t head_at_enable;
@@ -111,6 +115,7 @@ typedef struct {
     bool callback_records;
     uint64_t buffer_records;
     bool fifo_by_write;
+    bool ring_by_copy;
     bool record_between_samples;
 } Config;
 
@@ -135,7 +140,15 @@ static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
 static int trace_fd = -1;
 static struct gmbe_ring_header *shm_ring;     /* instead of trace_fd, with trace_shm_path */
 static size_t shm_ring_size;
-static uint64_t *shm_words;
+static uint64_t *shm_words;               /* the ring's records (mapped twice in a row if shm_doubled) */
+static size_t shm_words_bytes;
+static bool shm_doubled;
+static uint64_t ring_generation;          /* rings opened, ever */
+static void *retired_windows;             /* a closed ring's records that a vCPU still writes into */
+static size_t retired_windows_size;
+static bool single_vcpu;                  /* there is (and will be) at most one vCPU: see ring windows */
+static bool system_emulation;
+static uint64_t in_place_records;         /* handed over in the ring's windows, ever */
 static bool fifo_splice;                  /* inline records go to the FIFO by vmsplice (see below) */
 static bool trace_broken;
 static uint64_t written_to_file;          /* access records, since enable */
@@ -512,16 +525,17 @@ static void renew_buffer_if_in_pipe_locked(VcpuRing *r)
     if (!r->words_in_pipe) {
         return;
     }
-    SpareBuffer old = { .words = r->words, .spliced_end = r->words_spliced_end };
+    SpareBuffer old = { .words = r->own_words, .spliced_end = r->words_spliced_end };
     g_array_append_val(spare_buffers, old);
-    r->words = take_spare_buffer_locked();
-    if (!r->words) {
+    r->own_words = take_spare_buffer_locked();
+    if (!r->own_words) {
         update_fifo_bytes_read();
-        r->words = take_spare_buffer_locked();
+        r->own_words = take_spare_buffer_locked();
     }
-    if (!r->words) {
-        r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+    if (!r->own_words) {
+        r->own_words = g_new(uint64_t, buffer_capacity() * config.record_words);
     }
+    r->words = r->own_words;
     r->words_in_pipe = false;
 }
 
@@ -546,7 +560,142 @@ static void abandon_buffers_in_pipe_locked(void)
     }
 }
 
+/* ------------------------------------ inline records in place in the ring */
+
+/*
+ * With one vCPU, inline records are not copied into the shared-memory ring:
+ * the vCPU's buffer is a window of the ring itself, taken at its head, and
+ * handing records over is publishing a new head. The ring's records are
+ * mapped twice in a row, so a window that runs past the ring's end goes on at
+ * its start. Records that are not handed over (untraced, between samples)
+ * are closed up: the next ones handed over move down to the head first.
+ *
+ * Only with one vCPU, for the ring has one head and another vCPU's records
+ * would land in the window: full system with one vCPU, and user mode until
+ * the guest makes a thread (seen in its clone system call, on the thread whose
+ * window it ends, before the new vCPU exists).
+ */
+#define MIN_WINDOW_RECORDS 64u
+
+/* The ring's records mapped twice in a row, or NULL (then records are copied in). */
+static uint64_t *map_records_twice(int fd, uint64_t offset, size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (offset % page || bytes % page) {
+        return NULL;
+    }
+    char *area = mmap(NULL, 2 * bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (area == MAP_FAILED) {
+        return NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (mmap(area + i * bytes, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+                 (off_t)offset) == MAP_FAILED) {
+            munmap(area, 2 * bytes);
+            return NULL;
+        }
+    }
+    return (uint64_t *)area;
+}
+
+/* Private memory in place of the ring's records: a vCPU still writing there harms nobody. */
+static void make_records_private(void *area, size_t size)
+{
+    mmap(area, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
+static bool in_ring_window(VcpuRing *r)
+{
+    return r->in_ring && r->window_generation == ring_generation && shm_ring;
+}
+
+/* The ring closes: its records are unmapped, or kept as private memory while a vCPU writes there. */
+static void unmap_ring_records_locked(void)
+{
+    if (!shm_doubled) {
+        return;
+    }
+    size_t size = 2 * shm_words_bytes;
+    bool written = false;
+    for (unsigned i = 0; i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        written |= rings[i] && in_ring_window(rings[i]);
+    }
+    if (written) {
+        make_records_private(shm_words, size);
+        retired_windows = shm_words;
+        retired_windows_size = size;
+    } else {
+        munmap(shm_words, size);
+    }
+    shm_doubled = false;
+}
+
+/* A vCPU leaves its window: if it was in a closed ring's records, they go now. */
+static void leave_ring_window_locked(VcpuRing *r)
+{
+    if (r->in_ring && r->window_generation != ring_generation && retired_windows) {
+        munmap(retired_windows, retired_windows_size);
+        retired_windows = NULL;
+    }
+    r->in_ring = false;
+    r->words = r->own_words;
+}
+
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+/* Free records in the ring; waits (as the copy into it does) for at least `wanted`, unless in drop mode. */
+static uint64_t ring_room_locked(uint64_t wanted)
+{
+    for (;;) {
+        uint64_t used = shm_ring->head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
+        uint64_t room = shm_ring->capacity - used;
+        if (room >= wanted || config.drop_when_full) {
+            return room;
+        }
+        struct timespec pause = { 0, 20000 };
+        nanosleep(&pause, NULL);
+    }
+}
+
+/*
+ * Where it can, the vCPU's next buffer is a window of the ring at its head
+ * (room for the records it may write past its limit included); returns the
+ * window's limit, at most limit. Else the vCPU writes into its own buffer.
+ */
+static uint64_t take_ring_window_locked(VcpuRing *r, uint64_t limit)
+{
+    if (!shm_doubled || !shm_ring || !single_vcpu || limit == 0 ||
+        !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
+        return limit;
+    }
+    uint64_t room = ring_room_locked(INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS);
+    if (room < INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS) {
+        return limit;      /* drop mode, and the reader is behind: the copy into the ring drops */
+    }
+    uint64_t capacity = shm_ring->capacity;
+    uint64_t head = shm_ring->head;
+    r->words = shm_words + (head & (capacity - 1)) * config.record_words;
+    r->in_ring = true;
+    r->window_seq = head;
+    r->window_generation = ring_generation;
+    room -= INLINE_SLACK_RECORDS;
+    return room < limit ? room : limit;
+}
+
+/*
+ * n records of r's window go out: moved down to the ring's head first if
+ * records before them were not handed over, then published.
+ */
+static void publish_in_place_locked(VcpuRing *r, const uint64_t *records, uint64_t n)
+{
+    uint64_t head = shm_ring->head;
+    uint64_t *at_head = r->words + (head - r->window_seq) * config.record_words;
+    if (at_head != records) {
+        memmove(at_head, records, n * record_bytes());
+    }
+    __atomic_store_n(&shm_ring->head, head + n, __ATOMIC_RELEASE);
+    in_place_records += n;
+}
+
 static uint64_t inline_position(VcpuRing *r)
 {
     return (uint64_t)((uint64_t *)qemu_plugin_record_buffer_next(r->index) - r->words) / config.record_words;
@@ -559,16 +708,23 @@ static uint64_t record_word(qemu_plugin_meminfo_t info, void *udata)
     return config.record_words == FORMAT_COMPACT ? bits << 48 : ((uint64_t)GMBE_VALID_BYTE << 56) | bits;
 }
 
-/* n records of r go out (markers among them); caller holds writer_lock. */
+/*
+ * n records of r go out (markers among them), from r's buffer or from
+ * elsewhere; caller holds writer_lock.
+ */
 static void deliver_records_locked(VcpuRing *r, const uint64_t *records, uint64_t n, uint64_t markers,
-                                   bool may_block)
+                                   bool from_buffer, bool may_block)
 {
     if (n == 0) {
         return;
     }
     if (have_trace() && !trace_broken) {
         int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
-        if (hand_over(r, fd, records, n * record_bytes(), may_block)) {
+        if (from_buffer && in_ring_window(r)) {
+            publish_in_place_locked(r, records, n);
+            r->records_in_file += n;
+            written_to_file += n - markers;
+        } else if (hand_over(r, fd, records, n * record_bytes(), may_block)) {
             r->records_in_file += n;
             written_to_file += n - markers;
         } else if (!trace_broken) {
@@ -585,7 +741,7 @@ static void deliver_records_locked(VcpuRing *r, const uint64_t *records, uint64_
 /* Records [from, to) of the vCPU's buffer go out: accesses only. */
 static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, bool may_block)
 {
-    deliver_records_locked(r, &r->words[from * config.record_words], to - from, 0, may_block);
+    deliver_records_locked(r, &r->words[from * config.record_words], to - from, 0, true, may_block);
 }
 
 /*
@@ -743,6 +899,7 @@ static void start_buffer_locked(VcpuRing *r)
 {
     r->stream_base += r->inline_tail;
     r->inline_tail = 0;
+    leave_ring_window_locked(r);
     renew_buffer_if_in_pipe_locked(r);
     bool count;
     uint64_t limit = plan_buffer_locked(r, &count);
@@ -751,6 +908,9 @@ static void start_buffer_locked(VcpuRing *r)
         if (count != qemu_plugin_record_counting(r->index)) {
             limit = 0;
         }
+    }
+    if (!count) {
+        limit = take_ring_window_locked(r, limit);
     }
     qemu_plugin_set_record_buffer(r->index, r->words, r->words + limit * config.record_words);
 }
@@ -788,7 +948,7 @@ static void leave_buffers_in_pipe_alone(void)
     }
     for (unsigned i = 0; i < num_rings; i++) {
         if (rings[i]) {
-            rings[i]->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+            rings[i]->own_words = rings[i]->words = g_new(uint64_t, buffer_capacity() * config.record_words);
             rings[i]->words_in_pipe = false;
             rings[i]->inline_tail = 0;
             qemu_plugin_set_record_buffer(i, rings[i]->words,
@@ -1045,7 +1205,10 @@ static void append_marker(VcpuRing *r, unsigned kind, uint64_t number)
         pthread_mutex_lock(&writer_lock);
         settle_inline_locked(r, !config.drop_when_full);
         __atomic_store_n(&r->markers, r->markers + 1, __ATOMIC_RELEASE);
-        deliver_records_locked(r, record, 1, 1, !config.drop_when_full);
+        deliver_records_locked(r, record, 1, 1, false, !config.drop_when_full);
+        if (r->in_ring) {
+            start_buffer_locked(r);     /* the marker went where the window was */
+        }
         pthread_mutex_unlock(&writer_lock);
         return;
     }
@@ -1310,7 +1473,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
     }
     if (!rings[vcpu_index]) {
         VcpuRing *r = g_new0(VcpuRing, 1);
-        r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+        r->own_words = r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
         r->header = config.record_words == FORMAT_COMPACT ? (uint64_t)(vcpu_index & 0xffu) << 56
                                                           : gmbe_vcpu_header(vcpu_index);
         r->vcpu_bits = r->header & ~((uint64_t)GMBE_VALID_BYTE << 56);
@@ -1321,11 +1484,42 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
     if (vcpu_index >= __atomic_load_n(&num_rings, __ATOMIC_RELAXED)) {
         __atomic_store_n(&num_rings, vcpu_index + 1, __ATOMIC_RELEASE);
     }
+    if (vcpu_index > 0) {
+        __atomic_store_n(&single_vcpu, false, __ATOMIC_RELEASE);   /* user mode: a thread's, made by clone */
+    }
     start_inline_buffer(rings[vcpu_index]);
     /* A thread started inside the window (user mode) is traced like the others. */
     update_tracing_of(rings[vcpu_index]);
     qemu_plugin_u64_set(instruction_budget, vcpu_index,
                         config.max_instructions && window_open ? 0 : NO_BUDGET_CHECK);
+}
+
+/* The guest's (x86_64 Linux) system calls that make a thread. */
+#define GUEST_SYS_CLONE 56
+#define GUEST_SYS_CLONE3 435
+#define GUEST_CLONE_VM 0x100
+
+/*
+ * User mode: a thread is about to be made, and with it a second vCPU; the one
+ * vCPU leaves its window of the ring first, for good. (clone3 may make a
+ * process, too: it passes its flags in memory, and is taken for a thread.)
+ */
+static void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uint64_t a1,
+                         uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7,
+                         uint64_t a8)
+{
+    bool new_thread = num == GUEST_SYS_CLONE3 || (num == GUEST_SYS_CLONE && (a1 & GUEST_CLONE_VM));
+    if (!new_thread || !__atomic_load_n(&single_vcpu, __ATOMIC_ACQUIRE)) {
+        return;
+    }
+    VcpuRing *r = rings[vcpu_index];
+    pthread_mutex_lock(&writer_lock);
+    __atomic_store_n(&single_vcpu, false, __ATOMIC_RELEASE);
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    settle_inline_locked(r, !config.drop_when_full);
+    start_buffer_locked(r);
+#endif
+    pthread_mutex_unlock(&writer_lock);
 }
 
 static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
@@ -1367,12 +1561,14 @@ static int format_counters(char *out, size_t size)
                     " num_of_markers=%" PRIu64
                     " num_of_untraced_children=%" PRIu64
                     " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d"
-                    " inline_records=%d counted_only_records=%" PRIu64 " spliced_records=%" PRIu64,
+                    " inline_records=%d counted_only_records=%" PRIu64 " spliced_records=%" PRIu64
+                    " in_place_records=%" PRIu64,
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
                     waiting, dropped, markers, __atomic_load_n(&untraced_children, __ATOMIC_RELAXED),
                     tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
                     __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions, use_inline,
-                    passed_over, __atomic_load_n(&fifo_bytes_spliced, __ATOMIC_RELAXED) / record_bytes());
+                    passed_over, __atomic_load_n(&fifo_bytes_spliced, __ATOMIC_RELAXED) / record_bytes(),
+                    __atomic_load_n(&in_place_records, __ATOMIC_RELAXED));
 }
 
 /* ------------------------------------------------------------- options */
@@ -1475,6 +1671,8 @@ static const PluginOption plugin_options[] = {
       "records a vCPU buffers before handing them over (default 4096)" },
     { "fifo_by_write", OPT_BOOL, offsetof(Config, fifo_by_write), false,
       "inline records go to a FIFO copied by write(), not by vmsplice" },
+    { "ring_by_copy", OPT_BOOL, offsetof(Config, ring_by_copy), false,
+      "inline records are copied into the shared-memory ring, not written in place there" },
     { "record_between_samples", OPT_BOOL, offsetof(Config, record_between_samples), false,
       "sampled inline records: written between samples too, not only counted" },
 };
@@ -1533,7 +1731,6 @@ static bool open_shm_ring(char **error)
         return false;
     }
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
     struct gmbe_ring_header *h = map;
     if (map == MAP_FAILED || (size_t)st.st_size < sizeof *h || memcmp(h->magic, GMBE_RING_MAGIC, 8) != 0 ||
         h->version != GMBE_RING_VERSION || h->record_size != record_bytes() ||
@@ -1543,11 +1740,20 @@ static bool open_shm_ring(char **error)
         if (map != MAP_FAILED) {
             munmap(map, (size_t)st.st_size);
         }
+        close(fd);
         return false;
     }
-    shm_words = (uint64_t *)((char *)map + h->data_offset);
+    shm_words_bytes = h->capacity * record_bytes();
+    bool windows_fit = h->capacity >= 2 * (INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS);
+    shm_words = single_vcpu && windows_fit ? map_records_twice(fd, h->data_offset, shm_words_bytes) : NULL;
+    shm_doubled = shm_words != NULL;
+    if (!shm_doubled) {
+        shm_words = (uint64_t *)((char *)map + h->data_offset);
+    }
+    close(fd);
     shm_ring_size = (size_t)st.st_size;
     shm_ring = h;
+    ring_generation++;
     return true;
 }
 
@@ -1564,8 +1770,11 @@ static bool open_trace(char **error)
         if (!config.trace_fifo_path || __atomic_load_n(&shm_ring->attached, __ATOMIC_ACQUIRE)) {
             return true;
         }
+        pthread_mutex_lock(&writer_lock);
+        unmap_ring_records_locked();
         munmap(shm_ring, shm_ring_size);
         shm_ring = NULL;
+        pthread_mutex_unlock(&writer_lock);
     }
     /* Blocks until the consumer has opened the FIFO for reading. */
     int fd = open(config.trace_fifo_path, O_WRONLY | O_CLOEXEC);
@@ -1604,6 +1813,7 @@ static void close_trace(void)
         trace_fd = -1;
     }
     if (shm_ring) {
+        unmap_ring_records_locked();
         munmap(shm_ring, shm_ring_size);
         shm_ring = NULL;
     }
@@ -1816,6 +2026,9 @@ static void forget_trace_in_child(void)
         trace_fd = -1;
     }
     shm_ring = NULL;   /* the mapping is shared with the parent: never write into it */
+    if (shm_doubled) {
+        make_records_private(shm_words, 2 * shm_words_bytes);   /* where the vCPU's window may be */
+    }
     if (control_listen_fd >= 0) {
         close(control_listen_fd);
         control_listen_fd = -1;
@@ -1854,6 +2067,9 @@ static void register_callbacks(qemu_plugin_id_t id)
     }
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, vcpu_exit);
+    if (single_vcpu && !system_emulation) {
+        qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
+    }
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
 }
@@ -1898,6 +2114,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     use_counting = use_inline && !config.record_between_samples &&
                    qemu_plugin_set_record_counting && qemu_plugin_record_counting;
 #endif
+    system_emulation = info->system_emulation;
+    single_vcpu = use_inline && !config.ring_by_copy &&
+                  (!system_emulation || (info->system.smp_vcpus == 1 && info->system.max_vcpus == 1));
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     retranslate_flag = qemu_plugin_scoreboard_u64(retranslate_board);

@@ -14,6 +14,7 @@ import pytest
 from conftest import PROGRAMS, QEMU_DIR
 from memtracer.qemu.plugin_control import parse_counters
 from memtracer.record import records_from_bytes
+from memtracer.trace.shm_ring import ShmRing, create_ring
 from memtracer.trace.trace_file import HEADER as TRACE_FILE_HEADER
 
 PLUGIN = QEMU_DIR / "libgmbeoo.so"
@@ -115,3 +116,106 @@ def test_the_fifo_gets_the_buffers_by_vmsplice_intact(tmp_path):
     for vcpu in range(4):
         mine = records[records["vcpu"] == vcpu].tobytes()
         assert mine == files[f"vcpu{vcpu}.gmbe"][TRACE_FILE_HEADER.size:], f"vCPU {vcpu}"
+
+
+def read_ring_slowly(path, into, stop):
+    """A ring reader that lags as read_slowly does, until stop is set and the ring is empty."""
+    with ShmRing(path) as ring:
+        while not (stop.is_set() and ring.pending() == 0):
+            head, tail = ring.head, ring.tail
+            if head == tail:
+                time.sleep(0.001)
+                continue
+            start = tail % ring.capacity
+            count = min(head - tail, ring.capacity - start, 1 << 12)
+            into.append(ring.records[start:start + count].tobytes())
+            ring._tail[0] = tail + count
+            time.sleep(0.002)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("sampling", ["all", "sampled"])
+@pytest.mark.parametrize("buffer_records", [1, 4096])
+def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, sampling, buffer_records):
+    """While the guest has one thread, its vCPU writes records straight into the shared-memory
+    ring (its buffer is a window of the ring, wrapping at the ring's end); once it makes threads,
+    records are copied in. Either way each vCPU's records in the ring are its trace file's, byte
+    for byte, through a small ring whose reader lags far behind."""
+    settings = (f"buffer_records={buffer_records}", *SAMPLINGS[sampling][0])
+    files, _ = trace_files(tmp_path, "files", *settings)
+    ring, counters, chunks, stop = tmp_path / "trace.ring", tmp_path / "ring.counters", [], threading.Event()
+    create_ring(ring, capacity=1 << 13)
+    reader = threading.Thread(target=read_ring_slowly, args=(ring, chunks, stop))
+    reader.start()
+    try:
+        run_helper_paths(f"trace_shm_path={ring}", f"counters_path={counters}", *settings)
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    records = records_from_bytes(b"".join(chunks))
+    assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
+    for vcpu in range(4):
+        mine = records[records["vcpu"] == vcpu].tobytes()
+        assert mine == files[f"vcpu{vcpu}.gmbe"][TRACE_FILE_HEADER.size:], f"vCPU {vcpu}"
+
+
+# Children that store while their parent, traced, stores too: each child inherits its parent's
+# buffer, and so, in user mode, the parent's window of the ring.
+BUSY_FORKER = r"""
+#include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static volatile uint64_t words[4096];
+static void store_a_lot(uint64_t seed, long times)
+{
+    for (long n = 0; n < times; n++) {
+        words[n % 4096] = seed + (uint64_t)n;
+    }
+}
+int main(void)
+{
+    for (int i = 0; i < 4; i++) {
+        if (fork() == 0) {
+            store_a_lot(1000 + i, 400000);
+            _exit(0);
+        }
+        store_a_lot(i, 100000);
+    }
+    while (wait(0) > 0) {
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.qemu
+def test_forked_children_leave_the_parents_ring_alone(tmp_path):
+    """A forked child runs untraced, but its vCPU goes on from the parent's buffer: that must not
+    be the parent's window of the ring (the mapping is shared). The parent's records in the ring
+    are its trace file's, byte for byte."""
+    source = tmp_path / "busy_forker.c"
+    source.write_text(BUSY_FORKER)
+    program = tmp_path / "busy_forker"
+    subprocess.run(["gcc", "-O1", "-static", "-o", program, source], check=True)
+
+    def run(*plugin_args):
+        done = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
+                               ",".join([str(PLUGIN), *plugin_args]), program],
+                              capture_output=True, text=True, timeout=120, env=GUEST_ENVIRONMENT)
+        assert done.returncode == 0, done.stderr
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    run(f"trace_dir={folder}")
+    ring, counters, chunks, stop = tmp_path / "trace.ring", tmp_path / "ring.counters", [], threading.Event()
+    create_ring(ring, capacity=1 << 13)
+    reader = threading.Thread(target=read_ring_slowly, args=(ring, chunks, stop))
+    reader.start()
+    try:
+        run(f"trace_shm_path={ring}", f"counters_path={counters}")
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    records = b"".join(chunks)
+    assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 16 // 2
+    assert records == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]

@@ -155,6 +155,7 @@ int main(int argc, char **argv)
         pthread_attr_setstack(&attr, stacks[t], sizeof stacks[t]);
         pthread_create(&threads[t], &attr, thread_work, per_thread[t]);
     }
+    mix_plainly((uint64_t)rounds);    /* the first thread works on while the others do */
     for (int t = 0; t < THREADS; t++) {
         if (read(done_pipe[0], &byte, 1) != 1) {
             return 1;
