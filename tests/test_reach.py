@@ -52,11 +52,18 @@ def assert_exactly_the_loop(out, iterations=ITERATIONS):
 # ------------------------------------------------------------------ regions and markers
 
 def test_marked_region_gives_exactly_the_loops_accesses_full_system(tracer):
-    # CPL3 only: a timer interrupt inside the region would add kernel accesses.
-    run = tracer(*system(*marked_loop("--analysis_tool_path", TOOLS / "count", "--trace_only_marked_regions",
-                                      "--trace_only_CPL3_code_GMBE")))
-    assert run.returncode == 0, run.stderr
-    assert_exactly_the_loop(report(run.stdout))
+    # CPL3 only: a timer interrupt inside the region would add kernel accesses. A process that the
+    # guest's scheduler runs inside the region still adds its own (a region holds for every
+    # process): a run has more records, never fewer, so the fewest of a few runs are the loop's.
+    reports = []
+    for _ in range(3):
+        run = tracer(*system(*marked_loop("--analysis_tool_path", TOOLS / "count", "--trace_only_marked_regions",
+                                          "--trace_only_CPL3_code_GMBE")))
+        assert run.returncode == 0, run.stderr
+        reports.append(report(run.stdout))
+        if reports[-1]["num_of_records"] == str(2 * ITERATIONS):
+            break
+    assert_exactly_the_loop(min(reports, key=lambda out: int(out["num_of_records"])))
 
 
 @pytest.mark.parametrize("record_format", FORMATS)
@@ -120,7 +127,18 @@ def test_instruction_limit_counts_inside_marked_regions_only(tracer, mode):
         assert run.returncode == 0, run.stderr
         assert report(run.stdout)["marker_2"] == f"instruction_limit {limit} vcpu=0"
         return int(report(run.stdout)["range_store_8_unsigned"])
-    first, second = stores_with(30000), stores_with(33000)
+
+    def stores_without_interrupts(limit):
+        # Full system: an interrupt that comes inside the region spends the budget too (its kernel
+        # code runs in the region), so a run has fewer stores, never more. The most of a few runs
+        # is the loop's own; a budget spent outside the region would lower them all.
+        most = 0
+        for _ in range(3 if mode == "system" else 1):
+            most = max(most, stores_with(limit))
+            if most >= limit // 3 - 10:
+                break
+        return most
+    first, second = stores_without_interrupts(30000), stores_without_interrupts(33000)
     assert second - first == 1000 and 9990 <= first <= 10000   # 3 instructions a store
 
 
