@@ -4,6 +4,7 @@ byte for byte: user mode (its runs repeat exactly with ASLR off), every way QEMU
 threads that are vCPUs of their own), sampled and not, with buffers of one record (every room check
 hands over) and of the default size, in both inline formats. Sampled with long gaps, the vCPUs run
 blocks that only count accesses between the samples, and change translation on the way."""
+import contextlib
 import os
 import subprocess
 import threading
@@ -113,6 +114,10 @@ def test_the_fifo_gets_the_buffers_by_vmsplice_intact(tmp_path):
     reader.join(timeout=60)
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["spliced_records"] > len(records) // 2
+    assert_each_vcpus_records_are_its_files(records, files)
+
+
+def assert_each_vcpus_records_are_its_files(records, files):
     for vcpu in range(4):
         mine = records[records["vcpu"] == vcpu].tobytes()
         assert mine == files[f"vcpu{vcpu}.gmbe"][TRACE_FILE_HEADER.size:], f"vCPU {vcpu}"
@@ -133,6 +138,21 @@ def read_ring_slowly(path, into, stop):
             time.sleep(0.002)
 
 
+@contextlib.contextmanager
+def small_ring_read_slowly(path):
+    """A ring of 8192 records at path, read by a lagging reader while the block runs (it wraps
+    often): yields the list of the chunks read, complete once the block is done."""
+    create_ring(path, capacity=1 << 13)
+    chunks, stop = [], threading.Event()
+    reader = threading.Thread(target=read_ring_slowly, args=(path, chunks, stop))
+    reader.start()
+    try:
+        yield chunks
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("sampling", ["all", "sampled"])
 @pytest.mark.parametrize("buffer_records", [1, 4096])
@@ -143,20 +163,12 @@ def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, samplin
     for byte, through a small ring whose reader lags far behind."""
     settings = (f"buffer_records={buffer_records}", *SAMPLINGS[sampling][0])
     files, _ = trace_files(tmp_path, "files", *settings)
-    ring, counters, chunks, stop = tmp_path / "trace.ring", tmp_path / "ring.counters", [], threading.Event()
-    create_ring(ring, capacity=1 << 13)
-    reader = threading.Thread(target=read_ring_slowly, args=(ring, chunks, stop))
-    reader.start()
-    try:
+    ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
+    with small_ring_read_slowly(ring) as chunks:
         run_helper_paths(f"trace_shm_path={ring}", f"counters_path={counters}", *settings)
-    finally:
-        stop.set()
-        reader.join(timeout=60)
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
-    for vcpu in range(4):
-        mine = records[records["vcpu"] == vcpu].tobytes()
-        assert mine == files[f"vcpu{vcpu}.gmbe"][TRACE_FILE_HEADER.size:], f"vCPU {vcpu}"
+    assert_each_vcpus_records_are_its_files(records, files)
 
 
 # Children that store while their parent, traced, stores too: each child inherits its parent's
@@ -207,15 +219,9 @@ def test_forked_children_leave_the_parents_ring_alone(tmp_path):
     folder = tmp_path / "files"
     folder.mkdir()
     run(f"trace_dir={folder}")
-    ring, counters, chunks, stop = tmp_path / "trace.ring", tmp_path / "ring.counters", [], threading.Event()
-    create_ring(ring, capacity=1 << 13)
-    reader = threading.Thread(target=read_ring_slowly, args=(ring, chunks, stop))
-    reader.start()
-    try:
+    ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
+    with small_ring_read_slowly(ring) as chunks:
         run(f"trace_shm_path={ring}", f"counters_path={counters}")
-    finally:
-        stop.set()
-        reader.join(timeout=60)
     records = b"".join(chunks)
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 16 // 2
     assert records == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
