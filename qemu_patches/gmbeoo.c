@@ -146,7 +146,7 @@ static bool shm_doubled;
 static uint64_t ring_generation;          /* rings opened, ever */
 static void *retired_windows;             /* a closed ring's records that a vCPU still writes into */
 static size_t retired_windows_size;
-static bool single_vcpu;                  /* there is (and will be) at most one vCPU: see ring windows */
+static bool ring_windows;                 /* records may go in place in the ring: one vCPU, so far */
 static bool system_emulation;
 static uint64_t in_place_records;         /* handed over in the ring's windows, ever */
 static bool fifo_splice;                  /* inline records go to the FIFO by vmsplice (see below) */
@@ -255,6 +255,20 @@ static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
 
 /* ------------------------------------------------------- writing the trace */
 
+/* Free records in the ring; waits for at least `wanted` (20 us at a time) if it may block. */
+static uint64_t ring_room(uint64_t wanted, bool may_block)
+{
+    for (;;) {
+        uint64_t used = shm_ring->head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
+        uint64_t room = shm_ring->capacity - used;
+        if (room >= wanted || !may_block) {
+            return room;
+        }
+        struct timespec pause = { 0, 20000 };
+        nanosleep(&pause, NULL);
+    }
+}
+
 /* The ring's side of write_fully: copy into the consumer's mapping, publish the head. */
 static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
 {
@@ -263,16 +277,12 @@ static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
     uint64_t left = len / record_bytes();
     uint64_t capacity = shm_ring->capacity;
     while (left > 0) {
-        uint64_t head = shm_ring->head;
-        uint64_t space = capacity - (head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE));
+        /* Only a batch not yet begun may be given up: once part of it is in, the rest waits. */
+        uint64_t space = ring_room(1, may_block || p != data);
         if (space == 0) {
-            if (!may_block && p == data) {
-                return false;
-            }
-            struct timespec pause = { 0, 20000 };
-            nanosleep(&pause, NULL);
-            continue;
+            return false;
         }
+        uint64_t head = shm_ring->head;
         uint64_t start = head & (capacity - 1);
         uint64_t count = left < space ? left : space;
         if (count > capacity - start) {
@@ -642,20 +652,6 @@ static void leave_ring_window_locked(VcpuRing *r)
 }
 
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
-/* Free records in the ring; waits (as the copy into it does) for at least `wanted`, unless in drop mode. */
-static uint64_t ring_room_locked(uint64_t wanted)
-{
-    for (;;) {
-        uint64_t used = shm_ring->head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
-        uint64_t room = shm_ring->capacity - used;
-        if (room >= wanted || config.drop_when_full) {
-            return room;
-        }
-        struct timespec pause = { 0, 20000 };
-        nanosleep(&pause, NULL);
-    }
-}
-
 /*
  * Where it can, the vCPU's next buffer is a window of the ring at its head
  * (room for the records it may write past its limit included); returns the
@@ -663,11 +659,11 @@ static uint64_t ring_room_locked(uint64_t wanted)
  */
 static uint64_t take_ring_window_locked(VcpuRing *r, uint64_t limit)
 {
-    if (!shm_doubled || !shm_ring || !single_vcpu || limit == 0 ||
+    if (!shm_doubled || !shm_ring || !ring_windows || limit == 0 ||
         !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
         return limit;
     }
-    uint64_t room = ring_room_locked(INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS);
+    uint64_t room = ring_room(INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS, !config.drop_when_full);
     if (room < INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS) {
         return limit;      /* drop mode, and the reader is behind: the copy into the ring drops */
     }
@@ -720,11 +716,11 @@ static void deliver_records_locked(VcpuRing *r, const uint64_t *records, uint64_
     }
     if (have_trace() && !trace_broken) {
         int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
-        if (from_buffer && in_ring_window(r)) {
+        bool in_place = from_buffer && in_ring_window(r);
+        if (in_place) {
             publish_in_place_locked(r, records, n);
-            r->records_in_file += n;
-            written_to_file += n - markers;
-        } else if (hand_over(r, fd, records, n * record_bytes(), may_block)) {
+        }
+        if (in_place || hand_over(r, fd, records, n * record_bytes(), may_block)) {
             r->records_in_file += n;
             written_to_file += n - markers;
         } else if (!trace_broken) {
@@ -1485,7 +1481,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
         __atomic_store_n(&num_rings, vcpu_index + 1, __ATOMIC_RELEASE);
     }
     if (vcpu_index > 0) {
-        __atomic_store_n(&single_vcpu, false, __ATOMIC_RELEASE);   /* user mode: a thread's, made by clone */
+        __atomic_store_n(&ring_windows, false, __ATOMIC_RELEASE);   /* user mode: a thread's, made by clone */
     }
     start_inline_buffer(rings[vcpu_index]);
     /* A thread started inside the window (user mode) is traced like the others. */
@@ -1509,12 +1505,12 @@ static void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t n
                          uint64_t a8)
 {
     bool new_thread = num == GUEST_SYS_CLONE3 || (num == GUEST_SYS_CLONE && (a1 & GUEST_CLONE_VM));
-    if (!new_thread || !__atomic_load_n(&single_vcpu, __ATOMIC_ACQUIRE)) {
+    if (!new_thread || !__atomic_load_n(&ring_windows, __ATOMIC_ACQUIRE)) {
         return;
     }
     VcpuRing *r = rings[vcpu_index];
     pthread_mutex_lock(&writer_lock);
-    __atomic_store_n(&single_vcpu, false, __ATOMIC_RELEASE);
+    __atomic_store_n(&ring_windows, false, __ATOMIC_RELEASE);
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
     settle_inline_locked(r, !config.drop_when_full);
     start_buffer_locked(r);
@@ -1745,7 +1741,7 @@ static bool open_shm_ring(char **error)
     }
     shm_words_bytes = h->capacity * record_bytes();
     bool windows_fit = h->capacity >= 2 * (INLINE_SLACK_RECORDS + MIN_WINDOW_RECORDS);
-    shm_words = single_vcpu && windows_fit ? map_records_twice(fd, h->data_offset, shm_words_bytes) : NULL;
+    shm_words = ring_windows && windows_fit ? map_records_twice(fd, h->data_offset, shm_words_bytes) : NULL;
     shm_doubled = shm_words != NULL;
     if (!shm_doubled) {
         shm_words = (uint64_t *)((char *)map + h->data_offset);
@@ -2067,7 +2063,7 @@ static void register_callbacks(qemu_plugin_id_t id)
     }
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, vcpu_exit);
-    if (single_vcpu && !system_emulation) {
+    if (ring_windows && !system_emulation) {
         qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
     }
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
@@ -2115,7 +2111,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
                    qemu_plugin_set_record_counting && qemu_plugin_record_counting;
 #endif
     system_emulation = info->system_emulation;
-    single_vcpu = use_inline && !config.ring_by_copy &&
+    ring_windows = use_inline && !config.ring_by_copy &&
                   (!system_emulation || (info->system.smp_vcpus == 1 && info->system.max_vcpus == 1));
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
