@@ -17,9 +17,9 @@ interleaved (each runs every mode once); the tables show medians and ratios, nev
 Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
 
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
-runs, memory_tracer -v), the FIFO by write() and by vmsplice, the ring in place and copied, and sampling with and without counting
-through the gaps, plugin option by option (bench/handover.py), and the analysis tools' throughput on
-a recorded trace (bench/tools.py).
+runs, memory_tracer -v), the FIFO by write() and by vmsplice, the ring in place and copied, and
+sampling with and without counting through the gaps, plugin option by option (bench/handover.py),
+and the analysis tools' throughput on a recorded trace (bench/tools.py).
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -77,8 +77,8 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
-COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black", "FIFO, other tool": "tab:pink",
-          "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
+COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black",
+          "FIFO, other tool": "tab:pink", "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
           "insn limit": "tab:gray"}
 GOALS = """Goals: full-system traced/untraced <= 1.3x and user mode <= 2.0x (to count); >= 200 M records/s

@@ -15,7 +15,7 @@ import pytest
 from conftest import PROGRAMS, QEMU_DIR
 from memtracer.qemu.plugin_control import parse_counters
 from memtracer.record import records_from_bytes
-from memtracer.trace.shm_ring import ShmRing, create_ring
+from memtracer.trace.shm_ring import ShmRingReader, create_ring
 from memtracer.trace.trace_file import HEADER as TRACE_FILE_HEADER
 
 PLUGIN = QEMU_DIR / "libgmbeoo.so"
@@ -25,13 +25,19 @@ PLUGIN = QEMU_DIR / "libgmbeoo.so"
 GUEST_ENVIRONMENT = {"MALLOC_ARENA_MAX": "1"}
 
 
-def run_helper_paths(*plugin_args):
-    """helper_paths, 20 rounds, under qemu-x86_64 with ASLR off and GMBEOO given plugin_args."""
+def run_traced(program, *plugin_args):
+    """program (a command line) under qemu-x86_64 with ASLR off and GMBEOO given plugin_args;
+    its output."""
     run = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
-                          ",".join([str(PLUGIN), *plugin_args]), PROGRAMS / "helper_paths", "20"],
+                          ",".join([str(PLUGIN), *plugin_args]), *program],
                          capture_output=True, text=True, timeout=120, env=GUEST_ENVIRONMENT)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("helper_paths: 20 rounds")
+    return run.stdout
+
+
+def run_helper_paths(*plugin_args):
+    """helper_paths, 20 rounds, under qemu-x86_64 with ASLR off and GMBEOO given plugin_args."""
+    assert run_traced([PROGRAMS / "helper_paths", "20"], *plugin_args).startswith("helper_paths: 20 rounds")
 
 
 def trace_files(tmp_path, name, *plugin_args):
@@ -123,34 +129,29 @@ def assert_each_vcpus_records_are_its_files(records, files):
         assert mine == files[f"vcpu{vcpu}.gmbe"][TRACE_FILE_HEADER.size:], f"vCPU {vcpu}"
 
 
-def read_ring_slowly(path, into, stop):
-    """A ring reader that lags as read_slowly does, until stop is set and the ring is empty."""
-    with ShmRing(path) as ring:
-        while not (stop.is_set() and ring.pending() == 0):
-            head, tail = ring.head, ring.tail
-            if head == tail:
-                time.sleep(0.001)
-                continue
-            start = tail % ring.capacity
-            count = min(head - tail, ring.capacity - start, 1 << 12)
-            into.append(ring.records[start:start + count].tobytes())
-            ring._tail[0] = tail + count
-            time.sleep(0.002)
-
-
 @contextlib.contextmanager
 def small_ring_read_slowly(path):
-    """A ring of 8192 records at path, read by a lagging reader while the block runs (it wraps
-    often): yields the list of the chunks read, complete once the block is done."""
+    """A ring of 8192 records at path, read by the Python API's reader, slowed down as read_slowly
+    is, while the block runs (the ring wraps often): yields the list of the chunks read, complete
+    once the block is done."""
     create_ring(path, capacity=1 << 13)
     chunks, stop = [], threading.Event()
-    reader = threading.Thread(target=read_ring_slowly, args=(path, chunks, stop))
-    reader.start()
-    try:
-        yield chunks
-    finally:
-        stop.set()
-        reader.join(timeout=60)
+
+    def take_slowly(records):
+        chunks.append(records.tobytes())
+        time.sleep(0.002)
+
+    never_woken, wake = os.pipe()
+    with ShmRingReader(path) as ring:
+        reader = threading.Thread(target=ring.follow, args=(take_slowly, stop.is_set, never_woken))
+        reader.start()
+        try:
+            yield chunks
+        finally:
+            stop.set()
+            reader.join(timeout=60)
+    os.close(never_woken)
+    os.close(wake)
 
 
 @pytest.mark.qemu
@@ -210,18 +211,12 @@ def test_forked_children_leave_the_parents_ring_alone(tmp_path):
     program = tmp_path / "busy_forker"
     subprocess.run(["gcc", "-O1", "-static", "-o", program, source], check=True)
 
-    def run(*plugin_args):
-        done = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
-                               ",".join([str(PLUGIN), *plugin_args]), program],
-                              capture_output=True, text=True, timeout=120, env=GUEST_ENVIRONMENT)
-        assert done.returncode == 0, done.stderr
-
     folder = tmp_path / "files"
     folder.mkdir()
-    run(f"trace_dir={folder}")
+    run_traced([program], f"trace_dir={folder}")
     ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
     with small_ring_read_slowly(ring) as chunks:
-        run(f"trace_shm_path={ring}", f"counters_path={counters}")
+        run_traced([program], f"trace_shm_path={ring}", f"counters_path={counters}")
     records = b"".join(chunks)
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 16 // 2
     assert records == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
