@@ -154,9 +154,15 @@ static bool trace_broken;
 static uint64_t written_to_file;          /* access records, since enable */
 static uint64_t untraced_children;        /* user mode: processes forked while the window was open */
 
-/* Re-translation requests (a CPL filter change), checked once per block. */
+/*
+ * Re-translation requests (a CPL filter change), seen by each vCPU at the
+ * start of its next block: by the record-full callback in blocks with inline
+ * records (the request stops their buffers), by a conditional callback in the
+ * others. A second check per block would cost as much as the first.
+ */
 static struct qemu_plugin_scoreboard *retranslate_board;
 static qemu_plugin_u64 retranslate_flag;
+static uint64_t retranslations;            /* code-cache resets they made, ever */
 
 /* --max_instructions: each vCPU counts its budget down inline; at 0 it asks for more. */
 static struct qemu_plugin_scoreboard *budget_board;
@@ -169,6 +175,7 @@ static pthread_t control_thread;
 static bool control_thread_running;
 
 static void register_callbacks(qemu_plugin_id_t id);
+static void vcpu_retranslate(unsigned int vcpu_index, void *udata);
 
 static size_t record_bytes(void)
 {
@@ -423,6 +430,7 @@ static bool have_trace(void)
 #pragma weak qemu_plugin_register_record_full_cb
 #pragma weak qemu_plugin_set_record_buffer
 #pragma weak qemu_plugin_record_buffer_next
+#pragma weak qemu_plugin_record_buffer_stop
 #pragma weak qemu_plugin_set_record_counting
 #pragma weak qemu_plugin_record_counting
 #define INLINE_SLACK_RECORDS (QEMU_PLUGIN_RECORD_SLACK + 1)
@@ -430,7 +438,8 @@ static bool have_trace(void)
 static bool inline_available(void)
 {
     return qemu_plugin_register_vcpu_mem_inline_record && qemu_plugin_register_record_full_cb &&
-           qemu_plugin_set_record_buffer && qemu_plugin_record_buffer_next;
+           qemu_plugin_set_record_buffer && qemu_plugin_record_buffer_next &&
+           qemu_plugin_record_buffer_stop;
 }
 #else
 #define INLINE_SLACK_RECORDS 0
@@ -919,6 +928,11 @@ static void inline_buffer_full(unsigned int vcpu_index, void *udata)
     settle_inline_locked(r, !config.drop_when_full);
     start_buffer_locked(r);
     pthread_mutex_unlock(&writer_lock);
+    /* After the new limit: a request that stopped the old one is seen here, a later one stops this one. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (qemu_plugin_u64_get(retranslate_flag, vcpu_index)) {
+        vcpu_retranslate(vcpu_index, NULL);
+    }
 }
 
 /*
@@ -1363,10 +1377,16 @@ static unsigned current_cpl(void)
     return (unsigned)(cs & 3);
 }
 
+static void retranslated(qemu_plugin_id_t id)
+{
+    __atomic_add_fetch(&retranslations, 1, __ATOMIC_RELAXED);
+    register_callbacks(id);
+}
+
 static void vcpu_retranslate(unsigned int vcpu_index, void *udata)
 {
     /* Runs on a vCPU thread, where a reset also flushes translated code. */
-    qemu_plugin_reset(plugin_id, register_callbacks);
+    qemu_plugin_reset(plugin_id, retranslated);
 }
 
 /* What a memory callback gets from the translation: the CPL bits, and the PC for extended records. */
@@ -1406,12 +1426,14 @@ static void register_access_recording(struct qemu_plugin_insn *insn, unsigned cp
 
 static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
-    qemu_plugin_register_vcpu_tb_exec_cond_cb(tb, vcpu_retranslate,
-                                              QEMU_PLUGIN_CB_NO_REGS,
-                                              QEMU_PLUGIN_COND_NE,
-                                              retranslate_flag, 0, NULL);
     unsigned cpl = current_cpl();
     bool instrument = !(config.trace_only_cpl3 && cpl != 3);   /* else kernel code runs at full speed */
+    if (!(use_inline && instrument)) {
+        qemu_plugin_register_vcpu_tb_exec_cond_cb(tb, vcpu_retranslate,
+                                                  QEMU_PLUGIN_CB_NO_REGS,
+                                                  QEMU_PLUGIN_COND_NE,
+                                                  retranslate_flag, 0, NULL);
+    }
     size_t n = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1436,6 +1458,15 @@ static void request_retranslation(void)
     for (int i = 0; i < qemu_plugin_num_vcpus(); i++) {
         qemu_plugin_u64_set(retranslate_flag, i, 1);
     }
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    if (use_inline) {
+        /* The flags before the stops: a vCPU that sets its buffer again then sees its flag. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (int i = 0; i < qemu_plugin_num_vcpus(); i++) {
+            qemu_plugin_record_buffer_stop(i);
+        }
+    }
+#endif
 }
 
 /* ------------------------------------------------------------ vCPU lifecycle */
@@ -1558,13 +1589,14 @@ static int format_counters(char *out, size_t size)
                     " num_of_untraced_children=%" PRIu64
                     " tracing=%d window_open=%d region_active=%d instruction_limit_reached=%d"
                     " inline_records=%d counted_only_records=%" PRIu64 " spliced_records=%" PRIu64
-                    " in_place_records=%" PRIu64,
+                    " in_place_records=%" PRIu64 " retranslations=%" PRIu64,
                     events, written_to_buf, __atomic_load_n(&written_to_file, __ATOMIC_RELAXED),
                     waiting, dropped, markers, __atomic_load_n(&untraced_children, __ATOMIC_RELAXED),
                     tracing, __atomic_load_n(&window_open, __ATOMIC_RELAXED),
                     __atomic_load_n(&region_active, __ATOMIC_RELAXED), out_of_instructions, use_inline,
                     passed_over, __atomic_load_n(&fifo_bytes_spliced, __ATOMIC_RELAXED) / record_bytes(),
-                    __atomic_load_n(&in_place_records, __ATOMIC_RELAXED));
+                    __atomic_load_n(&in_place_records, __ATOMIC_RELAXED),
+                    __atomic_load_n(&retranslations, __ATOMIC_RELAXED));
 }
 
 /* ------------------------------------------------------------- options */

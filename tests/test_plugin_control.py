@@ -13,12 +13,18 @@ pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer
 
 
 @pytest.fixture
-def paused_workload(tmp_path):
-    """known_accesses under qemu-x86_64 + GMBEOO (tracing off), a reader draining the FIFO."""
+def paused_workload(request, tmp_path):
+    """known_accesses under qemu-x86_64 + GMBEOO (tracing off), a reader draining the FIFO; the
+    records written by the generated code (build.py's QEMU, by default) or by the plugin's callback
+    (indirect parameter "callback")."""
     fifo = tmp_path / "trace.fifo"
     os.mkfifo(fifo)
     socket_path = tmp_path / "control.sock"
     plugin = f"{QEMU_DIR / 'libgmbeoo.so'},trace_fifo_path={fifo},control_socket_path={socket_path},enabled=off"
+    if getattr(request, "param", "inline") == "callback":
+        plugin += ",callback_records=on"
+    # A buffer that never fills: what reaches a vCPU must not wait for it to.
+    plugin += f",buffer_records={1 << 20}"
     child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", plugin, str(PROGRAMS / "known_accesses"), "linger"],
                           echo=False, encoding="utf-8", timeout=30)
     reader = pexpect.spawn("/bin/sh", ["-c", f"wc -c < {fifo}"], encoding="utf-8", timeout=30)
@@ -29,15 +35,18 @@ def paused_workload(tmp_path):
     reader.close(force=True)
 
 
-def test_counters_follow_enable_flush_and_disable(paused_workload):
+@pytest.mark.parametrize("paused_workload", ["inline", "callback"], indirect=True)
+def test_counters_follow_enable_flush_and_disable(paused_workload, request):
     child, control, reader = paused_workload
+    inline = request.node.callspec.params["paused_workload"] == "inline"
     session = ProtocolSession(child)
     session.read_info()
     counters = control.counters()
-    assert counters.pop("inline_records") == 1    # build.py's QEMU writes the records itself
+    assert counters.pop("inline_records") == inline
     assert set(counters.values()) == {0}
-    # Re-translation after a CPL filter change (a reset from a vCPU) must leave tracing working;
-    # user-mode code is all CPL 3, so every access is still traced.
+    # A CPL filter change re-translates (a reset from each vCPU, asked through the room check of
+    # inline records or a conditional callback) and must leave tracing working; user-mode code is
+    # all CPL 3, so every access is still traced.
     control.set(trace_only_CPL3_code_GMBE="on")
     control.enable()
     session.release()
@@ -45,6 +54,7 @@ def test_counters_follow_enable_flush_and_disable(paused_workload):
     control.disable()
     control.flush()
     counters = control.counters()
+    assert counters["retranslations"] == 1
     assert counters["num_of_events_written_to_trace_buf"] >= 1391  # known_accesses' own accesses
     assert counters["num_of_events_written_to_trace_file"] == counters["num_of_events_written_to_trace_buf"]
     assert counters["num_of_events_waiting_in_trace_buf"] == 0
