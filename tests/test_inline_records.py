@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import PROGRAMS, QEMU_DIR
-from memtracer.qemu.plugin_control import parse_counters
+from memtracer.qemu.plugin_control import ControlChannel, parse_counters
 from memtracer.record import records_from_bytes
 from memtracer.trace.shm_ring import ShmRingReader, create_ring
 from memtracer.trace.trace_file import HEADER as TRACE_FILE_HEADER
@@ -130,28 +130,38 @@ def assert_each_vcpus_records_are_its_files(records, files):
 
 
 @contextlib.contextmanager
-def small_ring_read_slowly(path):
-    """A ring of 8192 records at path, read by the Python API's reader, slowed down as read_slowly
-    is, while the block runs (the ring wraps often): yields the list of the chunks read, complete
-    once the block is done."""
-    create_ring(path, capacity=1 << 13)
-    chunks, stop = [], threading.Event()
-
-    def take_slowly(records):
-        chunks.append(records.tobytes())
-        time.sleep(0.002)
+def ring_being_read(path, capacity, take):
+    """A ring of capacity records at path, read by the Python API's reader while the block runs:
+    take(records) gets each chunk read (a view of the ring, valid during the call)."""
+    create_ring(path, capacity=capacity)
+    stop = threading.Event()
 
     never_woken, wake = os.pipe()
     with ShmRingReader(path) as ring:
-        reader = threading.Thread(target=ring.follow, args=(take_slowly, stop.is_set, never_woken))
+        reader = threading.Thread(target=ring.follow, args=(take, stop.is_set, never_woken))
         reader.start()
         try:
-            yield chunks
+            yield
         finally:
             stop.set()
             reader.join(timeout=60)
     os.close(never_woken)
     os.close(wake)
+
+
+@contextlib.contextmanager
+def small_ring_read_slowly(path):
+    """A ring of 8192 records at path, read slowed down as read_slowly is (it wraps often, and its
+    writer waits for room) while the block runs: yields the list of the chunks read, complete once
+    the block is done."""
+    chunks = []
+
+    def take_slowly(records):
+        chunks.append(records.tobytes())
+        time.sleep(0.002)
+
+    with ring_being_read(path, 1 << 13, take_slowly):
+        yield chunks
 
 
 @pytest.mark.qemu
@@ -220,3 +230,32 @@ def test_forked_children_leave_the_parents_ring_alone(tmp_path):
     records = b"".join(chunks)
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 16 // 2
     assert records == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
+
+
+@pytest.mark.qemu
+def test_a_ring_closed_under_the_writing_vcpu_is_left_alone(tmp_path):
+    """`close` unmaps the ring while the lone vCPU is still writing into its window of it (it
+    leaves the window only at its next hand-over): its records must go to private memory until
+    then, neither into the reader's ring nor nowhere. Five windows opened and closed while the
+    guest loops: QEMU runs on to a clean exit, and the ring holds what the plugin handed over in
+    the windows, nothing after them."""
+    ring, counters, control_path = tmp_path / "trace.ring", tmp_path / "counters", tmp_path / "control.sock"
+    plugin = ",".join([str(PLUGIN), f"trace_shm_path={ring}", f"counters_path={counters}",
+                       f"control_socket_path={control_path}", "enabled=off",
+                       f"buffer_records={1 << 16}"])     # long windows: the close comes in one
+    handed_over, in_place, read = 0, 0, []
+    with ring_being_read(ring, 1 << 17, lambda records: read.append(len(records))):
+        qemu = subprocess.Popen([QEMU_DIR / "qemu-x86_64", "-plugin", plugin, PROGRAMS / "mem_loop", "65536", "16"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        control = ControlChannel(control_path).connect(lambda: qemu.poll() is None)
+        for _ in range(5):
+            control.enable()
+            time.sleep(0.1)      # the vCPU, looping, is in a window of the ring all along
+            in_place += control.counters()["in_place_records"]
+            control.command("close")
+            handed_over += control.counters()["num_of_events_written_to_trace_file"]
+        control.close()
+        _, errors = qemu.communicate(timeout=120)
+        assert qemu.returncode == 0, errors
+    assert in_place > 0, "the vCPU wrote in place in the windows"
+    assert sum(read) == handed_over
