@@ -2144,7 +2144,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 #endif
     system_emulation = info->system_emulation;
     ring_windows = use_inline && !config.ring_by_copy &&
-                  (!system_emulation || (info->system.smp_vcpus == 1 && info->system.max_vcpus == 1));
+                   (!system_emulation || (info->system.smp_vcpus == 1 && info->system.max_vcpus == 1));
     sampling_mask = sampling_mask_for(config.log_block_len, config.log_tracing_ratio);
     retranslate_board = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     retranslate_flag = qemu_plugin_scoreboard_u64(retranslate_board);
