@@ -369,20 +369,30 @@ def test_runner_survives_broken_frames(runner_on_a_pty, garbage, nonce):
 
 # ----------------------------------------------------------------- security
 
+def folder_of_sockets(root):
+    """The first folder under root holding three sockets or more: its mode, its parent's, its
+    sockets' names and its owner; {} if there is none yet. A run makes and removes files all along:
+    what vanishes while it is looked at is passed over."""
+    for folder, _, names in os.walk(root):
+        path = Path(folder)
+        try:
+            sockets = [path / n for n in names if stat.S_ISSOCK((path / n).lstat().st_mode)]
+            if len(sockets) >= 3:
+                return {"mode": stat.S_IMODE(path.stat().st_mode),
+                        "parent_mode": stat.S_IMODE(path.parent.stat().st_mode),
+                        "sockets": sorted(p.name for p in sockets), "owner": path.stat().st_uid}
+        except FileNotFoundError:
+            continue
+    return {}
+
+
 def test_private_directory_and_sockets(tracer, private_tmp):
     seen = {}
 
     def look():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not seen:
-            for folder, _, names in os.walk(private_tmp):
-                path = Path(folder)
-                sockets = [path / n for n in names if stat.S_ISSOCK((path / n).lstat().st_mode)]
-                if len(sockets) >= 3:
-                    seen["mode"] = stat.S_IMODE(path.stat().st_mode)
-                    seen["parent_mode"] = stat.S_IMODE(path.parent.stat().st_mode)
-                    seen["sockets"] = sorted(p.name for p in sockets)
-                    seen["owner"] = path.stat().st_uid
+            seen.update(folder_of_sockets(private_tmp))
             time.sleep(0.02)
     watcher = threading.Thread(target=look)
     watcher.start()
