@@ -262,3 +262,46 @@ def test_a_ring_closed_under_the_writing_vcpu_is_left_alone(tmp_path):
         assert qemu.returncode == 0, errors
     assert in_place > 0, "the vCPU wrote in place in the windows"
     assert sum(read) == handed_over
+
+
+def register_pressure_source(steps=96, accumulators="abcdefghijkl"):
+    """C for a loop of one long straight-line body: each step loads from a table into one of twelve
+    accumulators and mixes it into another, so that QEMU's blocks hold many guest registers in host
+    registers at once, and make more accesses than a counting block lets pass a room check."""
+    body = []
+    for n in range(steps):
+        into, mixed = accumulators[n % len(accumulators)], accumulators[(n * 5 + 3) % len(accumulators)]
+        body.append(f"        {into} += table[({mixed} + {n}) & 255]; {mixed} ^= {into} >> 3;")
+    start = ", ".join(f"{name} = {n + 1}" for n, name in enumerate(accumulators))
+    return "\n".join([
+        "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
+        "static volatile uint64_t table[256];",
+        "int main(int argc, char **argv)", "{",
+        f"    uint64_t {start};",
+        "    for (int n = 0; n < 256; n++) {", "        table[n] = n * 0x9e3779b97f4a7c15ull;", "    }",
+        "    for (long r = 0; r < atol(argv[1]); r++) {", *body, "    }",
+        f'    printf("%016llx\\n", (unsigned long long)({" ^ ".join(accumulators)}));',
+        "    return 0;", "}", ""])
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("sampling", ["all", "sparse"])
+@pytest.mark.parametrize("buffer_records", [1, 4096])
+def test_room_checks_keep_the_guests_registers(tmp_path, sampling, buffer_records):
+    """A room check that finds the buffer full calls out of the block from between two guest
+    instructions, where the block may hold guest registers in host registers that a call would
+    change: the guest computes what it computes untraced. Sparse sampling runs counting blocks,
+    which check for room every few dozen accesses, inside long blocks too."""
+    source = tmp_path / "register_pressure.c"
+    source.write_text(register_pressure_source())
+    program = tmp_path / "register_pressure"
+    subprocess.run(["gcc", "-O2", "-static", "-o", program, source], check=True)
+    untraced = subprocess.run([QEMU_DIR / "qemu-x86_64", program, "2000"], capture_output=True, text=True,
+                              timeout=120, check=True).stdout
+    folder, counters = tmp_path / "files", tmp_path / "counters"
+    folder.mkdir()
+    traced = run_traced([program, "2000"], f"trace_dir={folder}", f"counters_path={counters}",
+                        f"buffer_records={buffer_records}", *SAMPLINGS[sampling][0])
+    assert traced == untraced
+    counted = parse_counters(counters.read_text())["counted_only_records"]
+    assert (counted > 0) == SAMPLINGS[sampling][2]
