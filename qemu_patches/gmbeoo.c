@@ -751,21 +751,27 @@ static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, bool may_blo
 
 /*
  * Sampled records [from, to), no marker among them: the traced blocks of events are found by
- * arithmetic, one step per period of 2^(L+R) events, not one per record.
+ * arithmetic, one step per period of 2^(L+R) events, not one per record. They are moved down
+ * to `from`, each after the one before, and go out together: one write for a buffer of small
+ * samples, not one each.
  */
 static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mask, bool may_block)
 {
+    const size_t w = config.record_words;
     uint64_t block = traced_block(mask);
     uint64_t period = UINT64_C(1) << log_sampling_period(mask);
     uint64_t first = r->events - r->events_at_enable;  /* the event index of record `from` */
     uint64_t last = first + (to - from);
+    uint64_t kept = 0;
     for (uint64_t start = first - first % period; start < last; start += period) {
         uint64_t a = start > first ? start : first;
         uint64_t b = start + block < last ? start + block : last;
         if (a < b) {
-            deliver_locked(r, from + (a - first), from + (b - first), may_block);
+            memmove(&r->words[(from + kept) * w], &r->words[(from + (a - first)) * w], (b - a) * record_bytes());
+            kept += b - a;
         }
     }
+    deliver_locked(r, from, from + kept, may_block);
     r->events += to - from;
 }
 
@@ -877,6 +883,10 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     }
     uint64_t block = traced_block(mask);
     uint64_t period = UINT64_C(1) << log_sampling_period(mask);
+    bool counting_now = qemu_plugin_record_counting(r->index);
+    if (!counting_now && period - block < COUNTING_MARGIN + MIN_COUNTED_RECORDS) {
+        return limit;       /* no gap is worth counting: write them all, sample at hand-over */
+    }
     uint64_t in_period = (r->events - r->events_at_enable) % period;
     if (in_period < block) {
         /* In a traced block: back here where it ends. */
@@ -884,7 +894,7 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     }
     uint64_t wanted_in = period - in_period;        /* the next traced event, so many records on */
     /* Only a long gap is worth changing translation for; once counting, to the end of the gap. */
-    uint64_t worth = qemu_plugin_record_counting(r->index) ? 1 : MIN_COUNTED_RECORDS;
+    uint64_t worth = counting_now ? 1 : MIN_COUNTED_RECORDS;
     if (wanted_in < COUNTING_MARGIN + worth) {
         return wanted_in < limit ? wanted_in : limit;
     }
