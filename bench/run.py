@@ -13,7 +13,9 @@ and, in user mode, Valgrind lackey --trace-mem=yes (~1000x slower: one round, an
 that run natively in under 100 ms). In full-system mode (the built-in image) and
 user mode; workloads: a memory-heavy C loop and real Debian programs (gzip, sort, xz) on
 generated text (to_run_on_guest/programs/make_text.c, the same bytes everywhere). Rounds are
-interleaved (each runs every mode once); the tables show medians and ratios, never single times.
+interleaved (each runs every mode once, in an order shuffled anew each round, so that no mode
+always runs after the same one); the tables show medians and ratios, never single times, and the
+goals give the ratios of the minimums beside those of the medians.
 Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
 
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
@@ -30,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -199,12 +202,20 @@ def modes_of(suite):
     return modes
 
 
+def round_order(modes, round_index):
+    """The modes in a shuffled order (the same for a round's index in every run), lackey last: it
+    runs only if native was fast, which native's first run tells."""
+    order = [m for m in modes if m != "lackey"]
+    random.Random(round_index).shuffle(order)
+    return order + [m for m in modes if m == "lackey"]
+
+
 def measure(suite, rounds, quick, data_dir):
     rows = []
     for workload in workloads(suite, quick, data_dir):
         runs = {mode: [] for mode in modes_of(suite)}
         for i in range(rounds):
-            for mode in runs:   # interleaved: every mode once per round
+            for mode in round_order(list(runs), i):   # interleaved: every mode once per round
                 if mode == "lackey" and (i > 0 or median(runs["native"], MS) > LACKEY_MAX_NATIVE_MS):
                     continue    # ~1000x native: one round places it; a long program would take minutes
                 runs[mode].append(run_mode(suite, mode, workload, data_dir))
@@ -218,6 +229,11 @@ def measure(suite, rounds, quick, data_dir):
 def median(runs, key):
     values = [r[key] for r in runs if key in r]
     return statistics.median(values) if values else None
+
+
+def minimum(runs, key):
+    values = [r[key] for r in runs if key in r]
+    return min(values) if values else None
 
 
 def raw_pipe_records_per_second(rounds):
@@ -245,13 +261,16 @@ def suite_table(suite, rows, pipe_rate):
     summary = {}
     for name, runs in rows:
         ms = {m: median(runs[m], MS) for m in modes}
+        least = {m: minimum(runs[m], MS) for m in modes}
         traced = runs["traced"][-1]
         records = traced["num_of_events_written_to_trace_buf"]
         lost = traced.get("num_of_dropped_events", 0) + traced.get("num_of_missing_events", 0)
         rate = records / ms["traced"] / 1000
         ratio = {f"{a}/{b}": ms[a] / ms[b] for a, b in ratios if ms[a] is not None}
         fifo_rate = records / ms["FIFO, other tool"] / 1000
-        summary[name] = ratio | {"rate": rate, "lost": lost, "fifo_rate": fifo_rate, "pipe_rate": pipe_rate / 1e6}
+        of_minimums = {f"{a}/{b} of minimums": least[a] / least[b] for a, b in ratios if least[a] is not None}
+        summary[name] = ratio | of_minimums | {"rate": rate, "lost": lost, "fifo_rate": fifo_rate,
+                                               "pipe_rate": pipe_rate / 1e6}
         lines.append("| " + " | ".join([name, *[f"{ms[m]:.0f}" if ms[m] is not None else "-" for m in modes],
                                          *[f"{ratio[f'{a}/{b}']:.2f}x" if f"{a}/{b}" in ratio else "-"
                                            for a, b in ratios],
@@ -270,25 +289,32 @@ def suite_table(suite, rows, pipe_rate):
     return lines, summary
 
 
+def worst_ratio(values, ratio):
+    """The worst of a ratio over workloads, as the goals show it: that of the medians, which decides,
+    and that of the minimums beside it (the least a run took: its cost without the machine's noise)."""
+    worst = max(v[ratio] for v in values)
+    return worst, f"{worst:.2f}x (worst; {max(v[f'{ratio} of minimums'] for v in values):.2f}x of minimums)"
+
+
 def goals_lines(summaries):
     system, user = summaries.get("system", {}), summaries.get("user", {})
     every = list(system.values()) + list(user.values())
     checks = []
     if system:
-        worst = max(v["traced/untraced"] for v in system.values())
-        checks.append(("full-system traced/untraced <= 1.3x (count)", f"{worst:.2f}x (worst)", worst <= 1.3))
+        worst, shown = worst_ratio(system.values(), "traced/untraced")
+        checks.append(("full-system traced/untraced <= 1.3x (count)", shown, worst <= 1.3))
         rate = min(v["rate"] for v in system.values())
         checks.append((">= 200 M records/s delivered full-system", f"{rate:.0f} M/s (lowest)", rate >= 200))
     if user:
-        worst = max(v["traced/untraced"] for v in user.values())
-        checks.append(("user mode traced/untraced <= 2.0x (count)", f"{worst:.2f}x (worst)", worst <= 2.0))
+        worst, shown = worst_ratio(user.values(), "traced/untraced")
+        checks.append(("user mode traced/untraced <= 2.0x (count)", shown, worst <= 2.0))
     if every:
         best = max(v["fifo_rate"] / v["pipe_rate"] for v in every)
         checks.append(("FIFO to another tool >= 0.9 of a raw pipe", f"{best:.2f} (best)", best >= 0.9))
-        worst = max(v["sampled 1/1024/untraced"] for v in every)
-        checks.append(("sampled 1/1024 <= 1.1x untraced", f"{worst:.2f}x (worst)", worst <= 1.1))
-        worst = max(v["untraced/untraced Debian"] for v in every)
-        checks.append(("patched QEMU untraced as fast as Debian's", f"{worst:.2f}x (worst)", worst <= 1.05))
+        worst, shown = worst_ratio(every, "sampled 1/1024/untraced")
+        checks.append(("sampled 1/1024 <= 1.1x untraced", shown, worst <= 1.1))
+        worst, shown = worst_ratio(every, "untraced/untraced Debian")
+        checks.append(("patched QEMU untraced as fast as Debian's", shown, worst <= 1.05))
         lost = sum(v["lost"] for v in every)
         checks.append(("0 dropped or missing", str(lost), lost == 0))
     return ["| goal | measured | met |", "|---|---|---|",
@@ -337,7 +363,7 @@ def machine_line(rounds):
     versions = (DEFAULT_QEMU_DIR / "VERSION.json").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    return (f"{datetime.date.today()}; medians of {rounds} interleaved rounds. CPU: {cpu}, {os.cpu_count()} cores. "
+    return (f"{datetime.date.today()}; medians of {rounds} interleaved rounds, each in its own shuffled order. CPU: {cpu}, {os.cpu_count()} cores. "
             f"QEMU: {' '.join(versions.split())}")
 
 
