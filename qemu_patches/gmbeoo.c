@@ -83,6 +83,7 @@ typedef struct {
     uint64_t words_spliced_end;  /* the FIFO's byte count after the last splice from words */
     uint64_t stream_base;        /* inline records: what the vCPU wrote before its current buffer */
     uint64_t unwritten_end;      /* inline records: before this, the vCPU may have only counted them */
+    bool unwritten_untraced;     /* and it counted them because it was not tracing */
     uint64_t passed_over;        /* records passed over as only counted, ever */
     bool words_in_pipe;          /* whether the pipe may still hold pages of own_words */
     bool in_ring;                /* inline records: words is a window of the shared-memory ring */
@@ -446,7 +447,7 @@ static bool inline_available(void)
 #endif
 
 static bool use_inline;     /* decided at install: a QEMU that can, and no callback_records=on */
-static bool use_counting;   /* and the blocks that only count records, between samples */
+static bool use_counting;   /* and the blocks that only count records: between samples, while not tracing */
 
 /* Records a vCPU buffer holds: the generated code checks for room only now and then. */
 static size_t buffer_capacity(void)
@@ -796,9 +797,11 @@ static uint64_t sampled_among(uint64_t first, uint64_t count, uint64_t mask)
 
 /*
  * Records [from, to) that the vCPU may only have counted (the counting
- * translation, between samples): passed over, never delivered. They are
- * never sampled unless the sampling or the tracing changed under a counting
- * vCPU: then those are lost, and counted as dropped.
+ * translation, between samples or while not tracing): passed over, never
+ * delivered. Between samples they are never sampled unless the sampling or
+ * the tracing changed under a counting vCPU: then those are lost, and counted
+ * as dropped. Counted while not tracing, they are the accesses before the
+ * vCPU saw tracing begin (at its next room check): not traced.
  */
 static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t to, bool traced, uint64_t mask)
 {
@@ -808,7 +811,7 @@ static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t 
     }
     uint64_t n = (end < to ? end : to) - from;
     r->passed_over += n;
-    if (traced) {
+    if (traced && !r->unwritten_untraced) {
         r->dropped += sampled_among(r->events - r->events_at_enable, n, mask);
         r->events += n;
     }
@@ -878,7 +881,28 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
     uint64_t limit = config.buffer_records;
     *count = false;
-    if (!use_counting || mask == 0 || (mask >> 63) || !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
+    if (!use_counting) {
+        return limit;
+    }
+    if (!__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
+        if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE)) {
+            return limit;   /* written: the translation that writes stays warm for the timed window */
+        }
+        /*
+         * Outside a marked region, past the instruction limit: nobody reads these records, so
+         * they are counted (tracing on stops the buffer, see update_tracing_of).
+         */
+        *count = true;
+        r->unwritten_end = r->stream_base + limit + COUNTING_MARGIN;
+        r->unwritten_untraced = true;
+        return limit;
+    }
+    if (r->unwritten_untraced) {
+        /* Settled up to here; from here on the vCPU writes (or counts between samples, planned below). */
+        r->unwritten_end = r->stream_base;
+        r->unwritten_untraced = false;
+    }
+    if (mask == 0 || (mask >> 63)) {
         return limit;
     }
     uint64_t block = traced_block(mask);
@@ -1085,7 +1109,16 @@ static void update_tracing_of(VcpuRing *r)
     bool on = __atomic_load_n(&window_open, __ATOMIC_ACQUIRE) && !trace_broken &&
               !r->out_of_instructions &&
               (!config.only_marked_regions || __atomic_load_n(&region_active, __ATOMIC_ACQUIRE));
-    __atomic_store_n(&r->tracing, on, __ATOMIC_RELEASE);
+    bool was = __atomic_exchange_n(&r->tracing, on, __ATOMIC_ACQ_REL);
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    if (use_counting && on && !was) {
+        /*
+         * It may count its accesses, planned while not tracing: it plans again at its next room
+         * check, which on its own thread (a marker's callback) follows the marker's instruction.
+         */
+        qemu_plugin_record_buffer_stop(r->index);
+    }
+#endif
 }
 
 static void update_tracing(void)
