@@ -226,14 +226,14 @@ def measure(suite, rounds, quick, data_dir):
 
 # ----------------------------------------------------------------- tables
 
+def over_runs(statistic, runs, key):
+    """statistic (statistics.median, min) of key over the runs that have it, or None."""
+    values = [r[key] for r in runs if key in r]
+    return statistic(values) if values else None
+
+
 def median(runs, key):
-    values = [r[key] for r in runs if key in r]
-    return statistics.median(values) if values else None
-
-
-def minimum(runs, key):
-    values = [r[key] for r in runs if key in r]
-    return min(values) if values else None
+    return over_runs(statistics.median, runs, key)
 
 
 def raw_pipe_records_per_second(rounds):
@@ -261,7 +261,7 @@ def suite_table(suite, rows, pipe_rate):
     summary = {}
     for name, runs in rows:
         ms = {m: median(runs[m], MS) for m in modes}
-        least = {m: minimum(runs[m], MS) for m in modes}
+        least = {m: over_runs(min, runs[m], MS) for m in modes}
         traced = runs["traced"][-1]
         records = traced["num_of_events_written_to_trace_buf"]
         lost = traced.get("num_of_dropped_events", 0) + traced.get("num_of_missing_events", 0)
@@ -363,8 +363,8 @@ def machine_line(rounds):
     versions = (DEFAULT_QEMU_DIR / "VERSION.json").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    return (f"{datetime.date.today()}; medians of {rounds} interleaved rounds, each in its own shuffled order. CPU: {cpu}, {os.cpu_count()} cores. "
-            f"QEMU: {' '.join(versions.split())}")
+    return (f"{datetime.date.today()}; medians of {rounds} interleaved rounds, each in its own shuffled order. "
+            f"CPU: {cpu}, {os.cpu_count()} cores. QEMU: {' '.join(versions.split())}")
 
 
 def main():

@@ -312,9 +312,9 @@ def test_room_checks_keep_the_guests_registers(tmp_path, sampling, buffer_record
                          ids=["outside-regions", "sampled-sparse"])
 def test_blocks_that_count_keep_the_guests_vector_values(tmp_path, settings):
     """Python's hashing under the blocks that only count accesses (outside marked regions, and
-    between the samples of a sparse trace): a room check between instructions whose vector constants stay
-    in host registers must not lose them (its slow path keeps general registers only). The digest
-    is the host's own, and QEMU does not abort."""
+    between the samples of a sparse trace): a room check between instructions whose vector
+    constants stay in host registers must not lose them (its slow path keeps general registers
+    only). The digest is the host's own, and QEMU does not abort."""
     code = "import hashlib, ssl; print(hashlib.sha512(b'memory_tracer' * 10000).hexdigest())"
     expected = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
                               check=True).stdout
