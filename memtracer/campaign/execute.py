@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 
 from distributed import get_worker
 
@@ -27,13 +28,14 @@ def run_one(run):
     """Runs it; returns its row: parameters, status, error line, duration, outputs as columns."""
     started = time.time()
     row = {**run.parameters(), "status": FINISHED, "error": None, "exit_status": 0,
-           "worker": _worker_name(), "wall_seconds": None, "trace_file": None}
+           "worker": _worker_name(), "wall_seconds": None, "finished_at": None, "trace_file": None}
     if run.recorded:
         _traced_then_analysed(run, row)
     else:
         analysis = run.analyses[0]
         _memory_tracer(run, analysis.tool, analysis.args, analysis.name, row)
     row["wall_seconds"] = round(time.time() - started, 3)
+    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return row
 
 
