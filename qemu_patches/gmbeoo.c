@@ -84,6 +84,9 @@ typedef struct {
     uint64_t stream_base;        /* inline records: what the vCPU wrote before its current buffer */
     uint64_t unwritten_end;      /* inline records: before this, the vCPU may have only counted them */
     bool unwritten_untraced;     /* and it counted them because it was not tracing */
+    bool samples_in_place;       /* inline records: its counting blocks write the samples only */
+    uint64_t samples_first;      /* ... planned for record 0 of the buffer being this event */
+    uint64_t samples_mask;       /* ... and this sampling */
     uint64_t passed_over;        /* records passed over as only counted, ever */
     bool words_in_pipe;          /* whether the pipe may still hold pages of own_words */
     bool in_ring;                /* inline records: words is a window of the shared-memory ring */
@@ -434,6 +437,7 @@ static bool have_trace(void)
 #pragma weak qemu_plugin_record_buffer_stop
 #pragma weak qemu_plugin_set_record_counting
 #pragma weak qemu_plugin_record_counting
+#pragma weak qemu_plugin_set_record_sampling
 #define INLINE_SLACK_RECORDS (QEMU_PLUGIN_RECORD_SLACK + 1)
 
 static bool inline_available(void)
@@ -448,6 +452,7 @@ static bool inline_available(void)
 
 static bool use_inline;     /* decided at install: a QEMU that can, and no callback_records=on */
 static bool use_counting;   /* and the blocks that only count records: between samples, while not tracing */
+static bool samples_when_counting;  /* and those blocks can write the samples (a patched x86-64 host) */
 
 /* Records a vCPU buffer holds: the generated code checks for room only now and then. */
 static size_t buffer_capacity(void)
@@ -750,6 +755,16 @@ static void deliver_locked(VcpuRing *r, uint64_t from, uint64_t to, bool may_blo
     deliver_records_locked(r, &r->words[from * config.record_words], to - from, 0, true, may_block);
 }
 
+/* The vCPU's index goes into records [from, to): the generated word is the same for every vCPU. */
+static void add_vcpu_bits(VcpuRing *r, uint64_t from, uint64_t to)
+{
+    if (r->vcpu_bits) {
+        for (uint64_t i = from; i < to; i++) {
+            r->words[i * config.record_words] |= r->vcpu_bits;
+        }
+    }
+}
+
 /*
  * Sampled records [from, to), no marker among them: the traced blocks of events are found by
  * arithmetic, one step per period of 2^(L+R) events, not one per record. They are moved down
@@ -772,6 +787,7 @@ static void deliver_sampled_locked(VcpuRing *r, uint64_t from, uint64_t to, uint
             kept += b - a;
         }
     }
+    add_vcpu_bits(r, from, from + kept);
     deliver_locked(r, from, from + kept, may_block);
     r->events += to - from;
 }
@@ -795,6 +811,26 @@ static uint64_t sampled_among(uint64_t first, uint64_t count, uint64_t mask)
     return mask ? sampled_before(first + count, mask) - sampled_before(first, mask) : count;
 }
 
+/* Records [from, to) of traced events that the vCPU did not write where they are sampled: lost. */
+static void pass_over_locked(VcpuRing *r, uint64_t from, uint64_t to, uint64_t mask)
+{
+    r->passed_over += to - from;
+    r->dropped += sampled_among(r->events - r->events_at_enable, to - from, mask);
+    r->events += to - from;
+}
+
+/*
+ * Whether the samples that the vCPU wrote in place (its counting blocks write
+ * only those) are where sampling now wants them: record `from` is the event
+ * the plan said, of the same sampling. Not if tracing started again (a new
+ * event count) or the sampling changed since the plan: until the vCPU's next
+ * hand-over, those records are lost.
+ */
+static bool samples_where_planned(VcpuRing *r, uint64_t from, uint64_t mask)
+{
+    return mask == r->samples_mask && r->events - r->events_at_enable == r->samples_first + from;
+}
+
 /*
  * Records [from, to) that the vCPU may only have counted (the counting
  * translation, between samples or while not tracing): passed over, never
@@ -810,10 +846,10 @@ static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t 
         return from;
     }
     uint64_t n = (end < to ? end : to) - from;
-    r->passed_over += n;
     if (traced && !r->unwritten_untraced) {
-        r->dropped += sampled_among(r->events - r->events_at_enable, n, mask);
-        r->events += n;
+        pass_over_locked(r, from, from + n, mask);
+    } else {
+        r->passed_over += n;
     }
     return from + n;
 }
@@ -828,9 +864,7 @@ static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t 
  */
 static void settle_inline_locked(VcpuRing *r, bool may_block)
 {
-    const size_t w = config.record_words;
     uint64_t from = r->inline_tail, to = inline_position(r);
-    uint64_t *words = r->words;
     bool traced = __atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE);
     uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
     r->inline_tail = to;
@@ -838,17 +872,18 @@ static void settle_inline_locked(VcpuRing *r, bool may_block)
     if (!traced || from == to) {
         return;
     }
-    if (r->vcpu_bits) {
-        for (uint64_t i = from; i < to; i++) {
-            words[i * w] |= r->vcpu_bits;
-        }
+    if (r->samples_in_place && !samples_where_planned(r, from, mask)) {
+        pass_over_locked(r, from, to, mask);
+        return;
     }
     if (mask == 0) {                        /* the usual case: all of it, in one piece */
+        add_vcpu_bits(r, from, to);
         r->events += to - from;
         deliver_locked(r, from, to, may_block);
     } else if ((mask >> 63) == 0) {         /* its period, 2^(L+R), fits in 64 bits */
         deliver_sampled_locked(r, from, to, mask, may_block);
     } else {
+        add_vcpu_bits(r, from, to);
         /* Runs of records kept: sampling keeps blocks of consecutive events. */
         uint64_t run = from;
         for (uint64_t i = from; i < to; i++) {
@@ -881,16 +916,22 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     uint64_t mask = __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED);
     uint64_t limit = config.buffer_records;
     *count = false;
+    r->samples_in_place = false;
     if (!use_counting) {
         return limit;
     }
     if (!__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
-        if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE)) {
-            return limit;   /* written: the translation that writes stays warm for the timed window */
+        if (!__atomic_load_n(&window_open, __ATOMIC_ACQUIRE) && mask == 0) {
+            /*
+             * Written: the translation that writes stays warm for the timed window. A sampled
+             * window counts nearly all along: that translation is the one to keep warm.
+             */
+            return limit;
         }
         /*
-         * Outside a marked region, past the instruction limit: nobody reads these records, so
-         * they are counted (tracing on stops the buffer, see update_tracing_of).
+         * Outside a marked region, past the instruction limit, before a sampled window: nobody
+         * reads these records, so they are counted (tracing on stops the buffer, see
+         * update_tracing_of).
          */
         *count = true;
         r->unwritten_end = r->stream_base + limit + COUNTING_MARGIN;
@@ -908,8 +949,19 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
     uint64_t block = traced_block(mask);
     uint64_t period = UINT64_C(1) << log_sampling_period(mask);
     bool counting_now = qemu_plugin_record_counting(r->index);
-    if (!counting_now && period - block < COUNTING_MARGIN + MIN_COUNTED_RECORDS) {
-        return limit;       /* no gap is worth counting: write them all, sample at hand-over */
+    if (period - block < COUNTING_MARGIN + MIN_COUNTED_RECORDS) {
+        /* No gap is worth changing translation for. */
+        if (samples_when_counting) {
+            /* Counting blocks all along, which write the samples only (start_buffer_locked). */
+            *count = true;
+            r->samples_in_place = true;
+            r->samples_first = r->events - r->events_at_enable;
+            r->samples_mask = mask;
+            return limit;
+        }
+        if (!counting_now) {
+            return limit;   /* or all of them written, and sampled at hand-over */
+        }
     }
     uint64_t in_period = (r->events - r->events_at_enable) % period;
     if (in_period < block) {
@@ -932,6 +984,25 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
 }
 
 /*
+ * The counting blocks write the records of the sampled events: those of
+ * events E0 + p, at position p of the buffer, for E0 = samples_first, in
+ * blocks of 2^L every 2^(L+R). QEMU moves a block on by whole periods, so the
+ * first one is given whole, even where it began before record 0. Until the
+ * vCPU runs those blocks, it writes every record, these too.
+ */
+static void write_samples_in_place(VcpuRing *r)
+{
+    uint64_t block = traced_block(r->samples_mask);
+    uint64_t period = UINT64_C(1) << log_sampling_period(r->samples_mask);
+    uint64_t in_period = r->samples_first % period;
+    /* A position before record 0 (in_period < block) wraps around in unsigned arithmetic. */
+    uint64_t first_record = in_period < block ? -in_period : period - in_period;
+    uintptr_t first = (uintptr_t)r->words + first_record * record_bytes();
+    qemu_plugin_set_record_sampling(r->index, (void *)first, (void *)(first + block * record_bytes()),
+                                    period * record_bytes());
+}
+
+/*
  * The vCPU starts its buffer again, as planned. Until it runs the planned
  * translation (it changes at its next room check before an instruction),
  * every room check comes here: its limit is where it is.
@@ -950,10 +1021,13 @@ static void start_buffer_locked(VcpuRing *r)
             limit = 0;
         }
     }
-    if (!count) {
+    if (!count || r->samples_in_place) {      /* the records it writes are where they go */
         limit = take_ring_window_locked(r, limit);
     }
     qemu_plugin_set_record_buffer(r->index, r->words, r->words + limit * config.record_words);
+    if (r->samples_in_place) {
+        write_samples_in_place(r);
+    }
 }
 
 /* The generated code found the buffer full (or a marker needs room): hand over, start again. */
@@ -981,6 +1055,9 @@ static void start_inline_buffer(VcpuRing *r)
         pthread_mutex_lock(&writer_lock);
         r->inline_tail = 0;
         r->unwritten_end = r->stream_base;     /* a new vCPU starts writing records */
+        /* Asked on a vCPU's thread: whether this host's counting blocks can write samples. */
+        samples_when_counting = samples_when_counting &&
+                                qemu_plugin_set_record_sampling(r->index, NULL, NULL, 0);
         start_buffer_locked(r);
         pthread_mutex_unlock(&writer_lock);
     }
@@ -1117,6 +1194,23 @@ static void update_tracing_of(VcpuRing *r)
          * check, which on its own thread (a marker's callback) follows the marker's instruction.
          */
         qemu_plugin_record_buffer_stop(r->index);
+    }
+#endif
+}
+
+/*
+ * The samples that counting blocks write in place follow the event count and
+ * the sampling of their plan: when either changes, every vCPU plans again at
+ * its next room check (the accesses till then are not sampled, see
+ * samples_where_planned; none when the guest is paused, as at enable).
+ */
+static void plan_samples_again(void)
+{
+#ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
+    for (unsigned i = 0; samples_when_counting && i < __atomic_load_n(&num_rings, __ATOMIC_ACQUIRE); i++) {
+        if (rings[i]) {
+            qemu_plugin_record_buffer_stop(i);
+        }
     }
 #endif
 }
@@ -1919,6 +2013,7 @@ static bool enable_tracing(char **error)
     written_to_file = 0;
     __atomic_store_n(&untraced_children, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&writer_lock);
+    plan_samples_again();
     reset_instruction_budgets();
     set_window(true);
     return true;
@@ -1948,6 +2043,7 @@ static char *handle_set(char **words)
     __atomic_store_n(&sampling_mask,
                      sampling_mask_for(config.log_block_len, config.log_tracing_ratio),
                      __ATOMIC_RELAXED);
+    plan_samples_again();
     if (cpl_filter_changed) {
         request_retranslation();
     }
@@ -2186,6 +2282,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     }
     use_counting = use_inline && !config.record_between_samples &&
                    qemu_plugin_set_record_counting && qemu_plugin_record_counting;
+    samples_when_counting = use_counting && qemu_plugin_set_record_sampling;
 #endif
     system_emulation = info->system_emulation;
     ring_windows = use_inline && !config.ring_by_copy &&
