@@ -226,7 +226,10 @@ def kill_qemu_when_it_runs(tmp, deadline_seconds=60):
     while time.monotonic() < deadline:
         for pid in processes_mentioning("qemu-system-x86_64"):
             if os.path.realpath(f"/proc/{pid}/cwd").startswith(tmp):
-                time.sleep(1.5)   # loaded, the workload running
+                # Loaded, the workload running: loadvm takes 0.6 s on a quiet machine and 2.6 s when
+                # the host is slow to give the guest's RAM its pages. spin_forever runs until killed,
+                # so a longer wait only makes sure that it runs.
+                time.sleep(6)
                 os.kill(int(pid), signal.SIGKILL)
                 return
         time.sleep(0.05)
