@@ -999,7 +999,7 @@ static void write_samples_in_place(VcpuRing *r)
     uint64_t first_record = in_period < block ? -in_period : period - in_period;
     uintptr_t first = (uintptr_t)r->words + first_record * record_bytes();
     qemu_plugin_set_record_sampling(r->index, (void *)first, (void *)(first + block * record_bytes()),
-                                    period * record_bytes());
+                                    period * record_bytes(), record_bytes());
 }
 
 /*
@@ -1057,7 +1057,7 @@ static void start_inline_buffer(VcpuRing *r)
         r->unwritten_end = r->stream_base;     /* a new vCPU starts writing records */
         /* Asked on a vCPU's thread: whether this host's counting blocks can write samples. */
         samples_when_counting = samples_when_counting &&
-                                qemu_plugin_set_record_sampling(r->index, NULL, NULL, 0);
+                                qemu_plugin_set_record_sampling(r->index, NULL, NULL, 0, 0);
         start_buffer_locked(r);
         pthread_mutex_unlock(&writer_lock);
     }
