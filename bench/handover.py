@@ -61,13 +61,14 @@ def workloads(data_dir, quick):
             f"gzip -6 ({'1' if quick else '4'} MiB)": ["/usr/bin/gzip", "-6", "-c", str(text)]}
 
 
-def run_mode(mode, program, work_dir):
-    """(seconds, records delivered) of one run."""
+def run_mode(mode, program, work_dir, wrapper=()):
+    """(seconds, the plugin's counters, or {} untraced) of one run; wrapper: a command that runs
+    QEMU's (bench/instructions.py)."""
     options, transport = MODES[mode]
     if options is None:
         start = time.monotonic()
-        subprocess.run([QEMU, *program], stdout=subprocess.DEVNULL, check=True)
-        return time.monotonic() - start, 0
+        subprocess.run([*wrapper, QEMU, *program], stdout=subprocess.DEVNULL, check=True)
+        return time.monotonic() - start, {}
     counters = work_dir / "counters"
     if transport == "fifo":
         trace = work_dir / "trace.fifo"
@@ -86,7 +87,7 @@ def run_mode(mode, program, work_dir):
         where = f"trace_dir={trace}"
     plugin = ",".join([str(PLUGIN), where, f"counters_path={counters}", *options])
     start = time.monotonic()
-    subprocess.run([QEMU, "-plugin", plugin, *program], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run([*wrapper, QEMU, "-plugin", plugin, *program], stdout=subprocess.DEVNULL, check=True)
     if transport == "ring":
         reader.send_signal(signal.SIGUSR1)    # count reports once the ring is empty
     if reader:
@@ -96,7 +97,7 @@ def run_mode(mode, program, work_dir):
     subprocess.run(["rm", "-rf", trace, counters], check=True)
     if values["num_of_dropped_events"]:
         raise SystemExit(f"{mode}: {values['num_of_dropped_events']} records dropped")
-    return seconds, values["num_of_events_written_to_trace_file"]
+    return seconds, values
 
 
 def raw_pipe_rate():
@@ -120,7 +121,8 @@ def measure(rounds, quick):
             for _ in range(rounds):
                 pipe_rates.append(raw_pipe_rate())
                 for mode in MODES:
-                    seconds, records[mode] = run_mode(mode, program, tmp)
+                    seconds, counters = run_mode(mode, program, tmp)
+                    records[mode] = counters.get("num_of_events_written_to_trace_file", 0)
                     times[mode].append(seconds)
             untraced = statistics.median(times["untraced"])
             lines += [f"**{name}**", "", "| mode | median s | min s | / untraced | M records/s | records |",

@@ -21,7 +21,9 @@ Every run but lackey goes through memory_tracer.py; times are its tracing_durati
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
 runs, memory_tracer -v), the FIFO by write() and by vmsplice, the ring in place and copied, and
 sampling with and without counting through the gaps, plugin option by option (bench/handover.py),
-and the analysis tools' throughput on a recorded trace (bench/tools.py).
+the host instructions that these modes execute per access, counted by QEMU in QEMU, which this
+machine's noise does not reach (bench/instructions.py), and the analysis tools' throughput on a
+recorded trace (bench/tools.py).
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -29,7 +31,6 @@ and the analysis tools' throughput on a recorded trace (bench/tools.py).
 also keeps its results in bench/RESULTS.md and bench/RESULTS.png."""
 import argparse
 import datetime
-import json
 import os
 import platform
 import random
@@ -49,7 +50,9 @@ from memtracer.environment import use_project_environment  # noqa: E402
 use_project_environment()   # any python3 runs it inside build/venv
 sys.path.insert(0, str(REPO / "bench"))
 
+import contrib_plugins  # noqa: E402
 import handover as bench_handover  # noqa: E402
+import instructions as bench_instructions  # noqa: E402
 import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
@@ -57,7 +60,7 @@ from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE
 OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
 PYTHON_COUNT = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"), "--print_trace_info"]
-MEM_PLUGIN = BUILD_DIR / "bench" / "libmem.so"
+MEM_PLUGIN = contrib_plugins.MEM_PLUGIN
 QEMU_MODES = {
     "untraced": ["--dont_trace"],
     "untraced Debian": ["--dont_trace"],      # Debian's own QEMU binaries (DEBIAN_QEMU_DIR)
@@ -349,16 +352,6 @@ def chart(summaries, path):
 
 # ----------------------------------------------------------------- main
 
-def build_mem_plugin():
-    """QEMU's own mem plugin, from the Debian source build.py unpacked (never committed)."""
-    versions = json.loads((DEFAULT_QEMU_DIR / "VERSION.json").read_text())
-    tree = BUILD_DIR / "qemu-src" / versions["qemu_source"]
-    MEM_PLUGIN.parent.mkdir(parents=True, exist_ok=True)
-    glib = subprocess.run(["pkg-config", "--cflags", "glib-2.0"], stdout=subprocess.PIPE, text=True).stdout.split()
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{tree / 'include' / 'qemu'}", *glib, "-o", MEM_PLUGIN,
-                    tree / "tests" / "tcg" / "plugins" / "mem.c"], check=True)
-
-
 def machine_line(rounds):
     versions = (DEFAULT_QEMU_DIR / "VERSION.json").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -374,7 +367,8 @@ def main():
     parser.add_argument("--only", choices=["system", "user", "tools"], help="run one part only")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
-    build_mem_plugin()
+    contrib_plugins.build("mem.c", MEM_PLUGIN)
+    contrib_plugins.build("insn.c", bench_instructions.INSN_PLUGIN)
     lines, summaries = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
                         machine_line(rounds), ""], {}
     with tempfile.TemporaryDirectory() as data_dir:
@@ -386,6 +380,8 @@ def main():
                           *table, ""]
         if args.only in (None, "user"):
             lines += ["## Hand-over and sampling", "", *bench_handover.measure(rounds, args.quick), ""]
+            if not args.quick:
+                lines += ["## Host instructions per access", "", *bench_instructions.measure(2), ""]
         if args.only in (None, "tools"):
             lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, data_dir), ""]
     if summaries:
