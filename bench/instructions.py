@@ -25,7 +25,6 @@ import contrib_plugins  # noqa: E402
 import handover  # noqa: E402
 from memtracer.layout import DEFAULT_QEMU_DIR, GUEST_PROGRAMS_DIR  # noqa: E402
 
-INSN_PLUGIN = contrib_plugins.INSN_PLUGIN
 OUT = REPO / "bench" / "out"
 MODES = ["untraced", "ring, in place", "sampled 1/1024, all written", "sampled 1/1024, counting",
          "1/1024 in 16s, counting"]
@@ -44,7 +43,8 @@ def workloads(data_dir):
 def counted_run(mode, program, work_dir):
     """(host instructions the inner QEMU executed, its plugin's counters) of one run."""
     log = work_dir / "insn.log"
-    outer = [DEFAULT_QEMU_DIR / "qemu-x86_64", "-plugin", f"{INSN_PLUGIN},inline=on", "-d", "plugin", "-D", log]
+    outer = [DEFAULT_QEMU_DIR / "qemu-x86_64", "-plugin", f"{contrib_plugins.INSN_PLUGIN},inline=on",
+             "-d", "plugin", "-D", log]
     _, counters = handover.run_mode(mode, program, work_dir, wrapper=outer)
     total = next(int(line.split()[-1]) for line in log.read_text().splitlines() if line.startswith("total insns"))
     log.unlink()
@@ -53,6 +53,7 @@ def counted_run(mode, program, work_dir):
 
 def measure(rounds):
     """The section's markdown lines."""
+    contrib_plugins.build("insn.c", contrib_plugins.INSN_PLUGIN)
     lines = [f"Host instructions that qemu-x86_64 executes, counted by QEMU's insn plugin in an outer "
              f"qemu-x86_64 ({rounds} rounds; bench/instructions.py). Extra per access: over untraced, per "
              "guest memory access of the run; it includes what translating costs more, which these short "
@@ -83,7 +84,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    contrib_plugins.build("insn.c", INSN_PLUGIN)
     text = "\n".join(["# Host instructions per access", "", *measure(args.rounds)]) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "instructions.md").write_text(text)

@@ -368,7 +368,6 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
-    contrib_plugins.build("insn.c", bench_instructions.INSN_PLUGIN)
     lines, summaries = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
                         machine_line(rounds), ""], {}
     with tempfile.TemporaryDirectory() as data_dir:
