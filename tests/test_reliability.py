@@ -17,7 +17,7 @@ from pathlib import Path
 import tty
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
@@ -297,6 +297,17 @@ bad_frames = st.one_of(
 )
 
 
+def completed_by(bad, following):
+    """Whether the bytes after a truncated frame complete it (its lost last byte was an "M", say):
+    the stream then holds a valid frame there, which no parser could tell from one sent whole."""
+    if not bad.startswith(MAGIC) or len(bad) < HEADER.size:
+        return False
+    _, kind, length = HEADER.unpack_from(bad)
+    end = HEADER.size + length
+    stream = bad + following
+    return encode_frame(bytes([kind]), stream[HEADER.size:end]) == stream[:end + TRAILER.size]
+
+
 def drain(parser):
     """Complete, with zero bytes, any frame the parser still waits for (a truncated or corrupted
     one claims more bytes than came): then it must give up on it and find what followed."""
@@ -319,6 +330,7 @@ def test_host_parser_finds_every_intact_frame(pieces, cuts):
     stream, expected = b"", []
     for before, frame, bad in pieces:
         if before:
+            assume(not completed_by(bad, frame))
             stream += bad
         stream += frame
         expected.append(frame)
