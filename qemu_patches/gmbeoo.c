@@ -175,6 +175,7 @@ static uint64_t instructions_left;         /* not yet granted to any vCPU */
 
 static int control_listen_fd = -1;
 static int control_client_fd = -1;
+static bool control_stopping;             /* at exit: no client is served from now on */
 static pthread_t control_thread;
 static bool control_thread_running;
 
@@ -2117,8 +2118,17 @@ static void *control_loop(void *arg)
             return NULL;   /* the listening socket was shut down at exit */
         }
         fd = move_fd_high(fd);
-        __atomic_store_n(&control_client_fd, fd, __ATOMIC_RELEASE);
-        serve_client(fd);
+        /*
+         * A client may connect just as QEMU exits. stop_control_channel() says it stops, then
+         * looks for a client to shut out; this thread publishes its client, then looks whether
+         * it stops. Both in this order, sequentially consistent: one of the two sees the other's,
+         * so no client is served that the exit does not shut out (its read would wait forever,
+         * and the exit with it).
+         */
+        __atomic_store_n(&control_client_fd, fd, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&control_stopping, __ATOMIC_SEQ_CST)) {
+            serve_client(fd);
+        }
         __atomic_store_n(&control_client_fd, -1, __ATOMIC_RELEASE);
         close(fd);
     }
@@ -2155,8 +2165,9 @@ static void stop_control_channel(void)
     if (!control_thread_running) {
         return;
     }
+    __atomic_store_n(&control_stopping, true, __ATOMIC_SEQ_CST);
     shutdown(control_listen_fd, SHUT_RDWR);
-    int client = __atomic_load_n(&control_client_fd, __ATOMIC_ACQUIRE);
+    int client = __atomic_load_n(&control_client_fd, __ATOMIC_SEQ_CST);
     if (client >= 0) {
         shutdown(client, SHUT_RDWR);
     }
