@@ -23,7 +23,9 @@ runs, memory_tracer -v), the FIFO by write() and by vmsplice, the ring in place 
 sampling with and without counting through the gaps, plugin option by option (bench/handover.py),
 the host instructions that these modes execute per access, counted by QEMU in QEMU, which this
 machine's noise does not reach (bench/instructions.py), and the analysis tools' throughput on a
-recorded trace (bench/tools.py).
+recorded trace (bench/tools.py). Before each round, how fast the host hands out fresh memory: on a
+virtual machine that returns freed memory to its hypervisor, first touches are slow and drift, and
+full-system QEMU touches its guest's RAM afresh in every run.
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -31,6 +33,7 @@ recorded trace (bench/tools.py).
 also keeps its results in bench/RESULTS.md and bench/RESULTS.png."""
 import argparse
 import datetime
+import mmap
 import os
 import platform
 import random
@@ -83,6 +86,7 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 LACKEY_MAX_NATIVE_MS = 100
+FIRST_TOUCH_MIB = 64
 COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black",
           "FIFO, other tool": "tab:pink", "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
@@ -213,11 +217,13 @@ def round_order(modes, round_index):
     return order + [m for m in modes if m == "lackey"]
 
 
-def measure(suite, rounds, quick, data_dir):
+def measure(suite, rounds, quick, data_dir, touch_rates):
+    """The suite's runs; touch_rates gets the host's first-touch rate before each round."""
     rows = []
     for workload in workloads(suite, quick, data_dir):
         runs = {mode: [] for mode in modes_of(suite)}
         for i in range(rounds):
+            touch_rates.append(first_touch_mb_per_s())
             for mode in round_order(list(runs), i):   # interleaved: every mode once per round
                 if mode == "lackey" and (i > 0 or median(runs["native"], MS) > LACKEY_MAX_NATIVE_MS):
                     continue    # ~1000x native: one round places it; a long program would take minutes
@@ -237,6 +243,26 @@ def over_runs(statistic, runs, key):
 
 def median(runs, key):
     return over_runs(statistics.median, runs, key)
+
+
+def first_touch_mb_per_s():
+    """How fast the host hands out fresh memory: FIRST_TOUCH_MIB mapped anew, written a page at a time.
+    A host that returns freed memory to its hypervisor gets it back page by page at first touch, far
+    slower than memory is written; full-system QEMU's guest RAM is fresh in every run, untraced or
+    traced, so its times carry this rate, which drifts from one minute to the next."""
+    size = FIRST_TOUCH_MIB << 20
+    with mmap.mmap(-1, size) as memory:
+        start = time.monotonic()
+        for offset in range(0, size, mmap.PAGESIZE):
+            memory[offset] = 1
+        return size / 1e6 / (time.monotonic() - start)
+
+
+def first_touch_line(rates):
+    return (f"Fresh memory at first touch ({FIRST_TOUCH_MIB} MiB mapped anew and written a page at a time, "
+            f"before each round): {min(rates):.0f}-{max(rates):.0f} MB/s, median {statistics.median(rates):.0f}. Full-system "
+            "QEMU's guest RAM is fresh in every run: where the host returns freed memory to its hypervisor, "
+            "each run's first touches of it fault through the hypervisor, in untraced and traced runs alike.")
 
 
 def raw_pipe_records_per_second(rounds):
@@ -368,15 +394,17 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
-    lines, summaries = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
-                        machine_line(rounds), ""], {}
+    lines, summaries, touch_rates = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
+                                     machine_line(rounds), ""], {}, []
     with tempfile.TemporaryDirectory() as data_dir:
         for suite in ("system", "user"):
             if args.only in (None, suite):
-                table, summaries[suite] = suite_table(suite, measure(suite, rounds, args.quick, data_dir),
-                                                      raw_pipe_records_per_second(rounds))
+                rows = measure(suite, rounds, args.quick, data_dir, touch_rates)
+                table, summaries[suite] = suite_table(suite, rows, raw_pipe_records_per_second(rounds))
                 lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
                           *table, ""]
+        if touch_rates:
+            lines[3:3] = [first_touch_line(touch_rates), ""]
         if args.only in (None, "user"):
             lines += ["## Hand-over and sampling", "", *bench_handover.measure(rounds, args.quick), ""]
             if not args.quick:
