@@ -25,7 +25,8 @@ the host instructions that these modes execute per access, counted by QEMU in QE
 machine's noise does not reach (bench/instructions.py), and the analysis tools' throughput on a
 recorded trace (bench/tools.py). Before each round, how fast the host hands out fresh memory: on a
 virtual machine that returns freed memory to its hypervisor, first touches are slow and drift, and
-full-system QEMU touches its guest's RAM afresh in every run.
+full-system QEMU touches its guest's RAM afresh in every run. And for each run, the CPU time that
+the hypervisor took from this machine meanwhile (steal), which makes it take the longer.
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -85,6 +86,8 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 # patched QEMU, untraced, as fast as Debian's?
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
+STEAL = "stolen_ms"            # over the whole memory_tracer run, not only its window
+STEAL_NOTED_MS = 100
 LACKEY_MAX_NATIVE_MS = 100
 FIRST_TOUCH_MIB = 64
 COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black",
@@ -148,12 +151,21 @@ def one_mib_mem_loop(data_dir):
 
 # ----------------------------------------------------------------- running
 
+def stolen_ms():
+    """CPU time that the hypervisor has taken from this machine's CPUs (steal, /proc/stat's first
+    line: user nice system idle iowait irq softirq steal, in clock ticks), all CPUs together."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def memory_tracer(args):
+    stolen_before = stolen_ms()
     result = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, args), "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise SystemExit(f"memory_tracer.py {' '.join(map(str, args))} failed:\n{result.stderr[-2000:]}")
-    values = {}
+    values = {STEAL: stolen_ms() - stolen_before}
     for line in result.stdout.splitlines():
         name, _, value = line.rpartition(": ")
         if value.isdigit():
@@ -304,6 +316,11 @@ def suite_table(suite, rows, pipe_rate):
                                          *[f"{ratio[f'{a}/{b}']:.2f}x" if f"{a}/{b}" in ratio else "-"
                                            for a, b in ratios],
                                          f"{rate:.0f}", str(lost)]) + " |")
+    stolen = [r[STEAL] for _, runs in rows for mode in runs for r in runs[mode] if STEAL in r]
+    lines += ["", f"The hypervisor took this machine's CPUs for {STEAL_NOTED_MS} ms or more during "
+              f"{sum(s >= STEAL_NOTED_MS for s in stolen)} of the {len(stolen)} runs (steal time in /proc/stat, over "
+              f"each whole memory_tracer run; median {statistics.median(stolen):.0f} ms, at most {max(stolen):.0f} ms): "
+              "a run takes the longer, traced or untraced."]
     fastest = max(summary.values(), key=lambda v: v["fifo_rate"])
     lines += ["", f"The FIFO to a tool that knows only the original protocol delivered at most "
               f"{fastest['fifo_rate']:.0f} M records/s; a raw pipe on this machine carries "
