@@ -411,8 +411,7 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
-    lines, summaries, touch_rates = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "",
-                                     machine_line(rounds), ""], {}, []
+    lines, summaries, touch_rates = [], {}, []
     with tempfile.TemporaryDirectory() as data_dir:
         for suite in ("system", "user"):
             if args.only in (None, suite):
@@ -420,8 +419,6 @@ def main():
                 table, summaries[suite] = suite_table(suite, rows, raw_pipe_records_per_second(rounds))
                 lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
                           *table, ""]
-        if touch_rates:
-            lines[3:3] = [first_touch_line(touch_rates), ""]
         if args.only in (None, "user"):
             lines += ["## Hand-over and sampling", "", *bench_handover.measure(rounds, args.quick), ""]
             if not args.quick:
@@ -430,7 +427,10 @@ def main():
             lines += ["## Analysis tools", "", *bench_tools.measure(rounds, args.quick, data_dir), ""]
     if summaries:
         lines += ["## Goals", "", *goals_lines(summaries), ""]
-    text = "\n".join(lines)
+    header = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "", machine_line(rounds), ""]
+    if touch_rates:
+        header += [first_touch_line(touch_rates), ""]
+    text = "\n".join(header + lines)
     OUT.mkdir(exist_ok=True)
     (OUT / "results.md").write_text(text)
     if summaries:
