@@ -1,5 +1,7 @@
-"""Stopping a run midway (Ctrl-C, SIGTERM) leaves no process, FIFO, socket or directory behind."""
+"""Stopping a run midway (Ctrl-C, SIGTERM) leaves no process, FIFO, socket or directory behind;
+killing it outright (SIGKILL) leaves no process."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,3 +53,32 @@ def test_signal_during_a_full_system_run_cleans_up(private_tmp, signum):
     assert processes_mentioning(str(private_tmp)) == []
     assert processes_mentioning("qemu-system-x86_64") == []
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_killed_outright_its_processes_end_with_it(private_tmp, mode):
+    """SIGKILL gives memory_tracer no chance to stop anything: QEMU and the tool must end with it all
+    the same. What it cannot remove then, its private directories, the test removes."""
+    arguments = ["--workload_path_on_host", PROGRAMS / "spin_forever", "--analysis_tool_path", TOOLS / "count"]
+    arguments = system(*arguments) if mode == "system" else ["--user_mode", *arguments]
+    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, arguments)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    deadline = time.monotonic() + 60
+    while len(processes_mentioning("trace.fifo")) < 2:   # QEMU (the plugin's argument) and the tool
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+    time.sleep(1.0)   # the tool is up: records flow
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    try:
+        while processes_mentioning(str(private_tmp)):
+            assert time.monotonic() < deadline, f"still running: {processes_mentioning(str(private_tmp))}"
+            time.sleep(0.05)
+    finally:
+        for pid in processes_mentioning(str(private_tmp)):   # when they did not end: not after the test
+            os.kill(int(pid), signal.SIGKILL)
+        for leftover in private_tmp.iterdir():   # and the ring named after it
+            shutil.rmtree(f"/dev/shm/{leftover.name}-ring", ignore_errors=True)
+            shutil.rmtree(leftover)

@@ -1,6 +1,5 @@
 """One run of a campaign, on whichever machine runs it (a Dask worker): memory_tracer.py as a
 process of its own, its report read back into one row of the results table."""
-import ctypes
 import os
 import re
 import shlex
@@ -15,13 +14,13 @@ from datetime import datetime, timezone
 from distributed import get_worker
 
 from ..layout import ANALYSIS_TOOLS_DIR, REPO_DIR
+from ..lifetime import ending_with_us
 from ..run.report import ANALYSIS_OUTPUT, DURATION, TRACE_INFO, parse_report
 
 MEMORY_TRACER = REPO_DIR / "memory_tracer.py"
 RECORD_TOOL = ANALYSIS_TOOLS_DIR / "record"
 FINISHED, FAILED = "finished", "failed"
 NAME_VALUE = re.compile(r"^(?:ATTENTION: )?([A-Za-z_][A-Za-z0-9_]*)(?: \([^)]*\))?: (.*)$")
-PR_SET_PDEATHSIG = 1
 
 
 def run_one(run):
@@ -82,22 +81,18 @@ def _traced_then_analysed(run, row):
 
 
 def _run_process(command, row, name):
-    """Runs command to its end; a failure marks row failed with its last line on stderr."""
+    """Runs command to its end; a failure marks row failed with its last line on stderr. A worker
+    that dies takes its memory_tracer with it, by SIGTERM, on which memory_tracer ends cleanly,
+    QEMU and all. The run has a session of its own: a Ctrl-C at the campaign's terminal is the
+    campaign's to handle (by ending its workers), and never makes a run fail."""
     finished = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", preexec_fn=_end_with_worker, start_new_session=True)
+                              errors="replace", preexec_fn=ending_with_us(signal.SIGTERM),
+                              start_new_session=True)
     if finished.returncode != 0:
         lines = [line for line in finished.stderr.splitlines() if line.strip()]
         row.update(status=FAILED, exit_status=finished.returncode,
                    error=lines[-1] if lines else f"{name} exited with status {finished.returncode} and said nothing")
     return finished
-
-
-def _end_with_worker():
-    """In the child: SIGTERM when the worker that started it dies, so a killed worker leaves no
-    memory_tracer (and so no QEMU) behind; memory_tracer ends cleanly on SIGTERM. (The child has a
-    session of its own: a Ctrl-C at the campaign's terminal is the campaign's to handle, by ending
-    its workers, and never makes a run fail.)"""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def output_columns(prefix, lines):

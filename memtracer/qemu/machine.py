@@ -23,6 +23,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import BadInputError, QemuError
 from ..layout import DEFAULT_GUEST_RAM_MB
+from ..lifetime import ending_with_us
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ class QemuMachine:
         self._log = open(self.paths.log, "wb")
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        cwd=self.paths.directory)
+                                        cwd=self.paths.directory, preexec_fn=ending_with_us())
         self.qmp = self._connect_qmp()
         return self
 

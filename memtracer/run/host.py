@@ -16,6 +16,7 @@ from contextlib import ExitStack
 import pexpect
 
 from ..errors import ControlChannelError, QemuError
+from ..lifetime import ending_with_us
 from ..qemu.plugin_control import ControlChannel, parse_counters
 from ..trace.consumer import make_consumer
 from .window import RunResult, TraceWindow, exited_within, plugin_argument
@@ -99,7 +100,7 @@ class HostRun:
         window.open(info_words=[])
         window.start_clock()
         self.process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,   # our stdin is its
-                                        cwd=self._workload_dir())
+                                        cwd=self._workload_dir(), preexec_fn=ending_with_us())
         cleanup.callback(_kill, self.process)
         exited = window.wait(lambda poll: exited_within(self.process, poll), self.request.timeout)
         window.stop_clock(self.result)
@@ -136,7 +137,8 @@ class HostRun:
         command = self._command(enabled_from_start=False)
         log.debug("workload command: %s", " ".join(command))
         child = pexpect.spawn(command[0], command[1:], echo=False, encoding="utf-8",
-                              codec_errors="replace", timeout=None, cwd=self._workload_dir())
+                              codec_errors="replace", timeout=None, cwd=self._workload_dir(),
+                              preexec_fn=ending_with_us())
         child.logfile_read = sys.stderr if self.request.verbose else None
         cleanup.callback(child.close, force=True)
         if self.request.traced:

@@ -11,6 +11,7 @@ import threading
 import pexpect
 
 from ..errors import AnalysisToolError, with_last_output
+from ..lifetime import ending_with_us
 from ..protocol import TOOL_OUTPUT_BEGIN, TOOL_OUTPUT_END, TOOL_READY
 
 
@@ -39,7 +40,8 @@ class ToolProcess:
     def start(self, ready_timeout):
         log.debug("analysis tool: %s", " ".join(self.argv))
         self.child = pexpect.spawn(self.argv[0], self.argv[1:], echo=False, encoding="utf-8",
-                                   codec_errors="replace", timeout=None, env=self.environment)
+                                   codec_errors="replace", timeout=None, env=self.environment,
+                                   preexec_fn=ending_with_us())
         self.child.logfile_read = self.echo_to
         index = self.child.expect_exact([TOOL_READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
         if index == 1:
