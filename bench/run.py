@@ -15,7 +15,8 @@ user mode; workloads: a memory-heavy C loop and real Debian programs (gzip, sort
 generated text (to_run_on_guest/programs/make_text.c, the same bytes everywhere). Rounds are
 interleaved (each runs every mode once, in an order shuffled anew each round, so that no mode
 always runs after the same one); the tables show medians and ratios, never single times, and the
-goals give the ratios of the minimums beside those of the medians.
+goals give the ratios of the minimums beside those of the medians. bench/out/runs.json keeps
+every run's figures (time, counters, steal) for another look.
 Every run but lackey goes through memory_tracer.py; times are its tracing_duration_in_milliseconds.
 
 Also: loadvm -> workload running and the time to send a 1 MiB workload (from the full-system
@@ -34,6 +35,7 @@ the hypervisor took from this machine meanwhile (steal), which makes it take the
 also keeps its results in bench/RESULTS.md and bench/RESULTS.png."""
 import argparse
 import datetime
+import json
 import mmap
 import os
 import platform
@@ -411,11 +413,12 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
-    lines, summaries, touch_rates = [], {}, []
+    lines, summaries, touch_rates, raw_runs = [], {}, [], {}
     with tempfile.TemporaryDirectory() as data_dir:
         for suite in ("system", "user"):
             if args.only in (None, suite):
                 rows = measure(suite, rounds, args.quick, data_dir, touch_rates)
+                raw_runs[suite] = rows
                 table, summaries[suite] = suite_table(suite, rows, raw_pipe_records_per_second(rounds))
                 lines += [f"## {'Full system (built-in image)' if suite == 'system' else 'User mode'}", "",
                           *table, ""]
@@ -433,6 +436,7 @@ def main():
     text = "\n".join(header + lines)
     OUT.mkdir(exist_ok=True)
     (OUT / "results.md").write_text(text)
+    (OUT / "runs.json").write_text(json.dumps(raw_runs, indent=1))   # every run's figures, in round order
     if summaries:
         chart(summaries, OUT / "results.png")
     if not args.quick and args.only is None:
