@@ -1,14 +1,27 @@
-"""The processes a run starts end with memory_tracer, even when it is killed outright (SIGKILL,
-say, from a harness's timeout) and has no chance to stop them itself: the kernel signals each of
-them when the thread that started it dies. Without this, a full-system QEMU (in a session of its
-own) or a workload whose tool died with us would run on, or wait forever for room in the trace."""
+"""What a run leaves when memory_tracer is killed outright (SIGKILL, say, from a harness's timeout)
+and has no chance to clean up. No process: the kernel signals each process a run starts when the
+thread that started it dies (without this, a full-system QEMU, in a session of its own, or a
+workload whose tool died with us would run on, or wait forever for room in the trace). Its private
+directories only until the next run, which removes them: a run marks its own as alive with a lock
+that the kernel drops when the run dies."""
+import contextlib
 import ctypes
+import fcntl
+import glob
 import os
+import shutil
 import signal
+import tempfile
+import time
 
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 # Looked up now, in the parent: the child of a threaded process should load nothing before exec.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+PRIVATE_PREFIX = "memory_tracer-"
+ALIVE = ".alive"       # in a run's private directory: locked (flock) while the run lives
+# A mark younger than this is left alone: its run may be between making it and locking it.
+UNLOCKED_GRACE_SECONDS = 60
 
 
 def ending_with_us(signum=signal.SIGKILL):
@@ -23,3 +36,53 @@ def ending_with_us(signum=signal.SIGKILL):
         if os.getppid() != parent:   # we died before the prctl: the signal would never come
             os.kill(os.getpid(), signum)
     return arrange
+
+
+@contextlib.contextmanager
+def private_directory():
+    """A new directory (mode 0700) in TMPDIR for one run, and its ring's, removed at the end; its
+    path. First, those that runs killed outright left are removed."""
+    remove_what_killed_runs_left()
+    path = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+    try:
+        alive = os.open(os.path.join(path, ALIVE), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(alive, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(alive)
+    finally:
+        shutil.rmtree(ring_directory(path), ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def ring_directory(private_dir):
+    """A run's shared-memory ring's directory, named after its private directory (so that every
+    window of a run finds it where the plugin was told it is, and a later run what a killed one
+    left): in /dev/shm (memory, never written back to a disk), else beside it."""
+    shm = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+    return os.path.join("/dev/shm" if shm else os.path.dirname(private_dir), os.path.basename(private_dir) + "-ring")
+
+
+def remove_what_killed_runs_left():
+    """The private directories in TMPDIR whose run died without removing them, with their rings."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), PRIVATE_PREFIX + "*")):
+        if _left_by_a_dead_run(path):
+            shutil.rmtree(ring_directory(path), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _left_by_a_dead_run(path):
+    try:   # fails on another user's directory (0700), and on any directory without the mark
+        mark = os.open(os.path.join(path, ALIVE), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if time.time() - os.fstat(mark).st_mtime < UNLOCKED_GRACE_SECONDS:
+            return False
+        fcntl.flock(mark, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:   # locked: its run lives
+        return False
+    finally:
+        os.close(mark)

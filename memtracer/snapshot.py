@@ -10,7 +10,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 
@@ -20,6 +19,7 @@ use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 r
 
 from .errors import MemoryTracerError, QemuError  # noqa: E402
 from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
+from .lifetime import private_directory  # noqa: E402
 from .qemu.guest_channel import GuestChannel  # noqa: E402
 from .qemu.machine import PINNED_MACHINE, VIRTIO_PORT_NAME, MachineProfile, QemuMachine  # noqa: E402
 
@@ -38,7 +38,7 @@ def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ra
     """Boot image_path, wait for its runner on every port it should have, savevm, describe it beside."""
     profile = MachineProfile(ram_mb=ram_mb, machine=machine, virtio_serial=virtio_serial, smp=smp, nic_model=nic_model,
                              qemu_version=qemu_version(qemu_dir.qemu_system), snapshot=snapshot_name)
-    with tempfile.TemporaryDirectory(prefix="memory_tracer-") as private_dir, \
+    with private_directory() as private_dir, \
             QemuMachine(qemu_dir.qemu_system, image_path, profile, snapshot_name, loadvm=False,
                         parent_dir=private_dir) as qemu, \
             ExitStack() as channels:

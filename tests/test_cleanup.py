@@ -56,9 +56,9 @@ def test_signal_during_a_full_system_run_cleans_up(private_tmp, signum):
 
 
 @pytest.mark.parametrize("mode", ["user", "system"])
-def test_killed_outright_its_processes_end_with_it(private_tmp, mode):
+def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_directories(private_tmp, mode):
     """SIGKILL gives memory_tracer no chance to stop anything: QEMU and the tool must end with it all
-    the same. What it cannot remove then, its private directories, the test removes."""
+    the same. Its private directory and ring stay, until the next run removes them."""
     arguments = ["--workload_path_on_host", PROGRAMS / "spin_forever", "--analysis_tool_path", TOOLS / "count"]
     arguments = system(*arguments) if mode == "system" else ["--user_mode", *arguments]
     run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, arguments)],
@@ -71,14 +71,50 @@ def test_killed_outright_its_processes_end_with_it(private_tmp, mode):
     time.sleep(1.0)   # the tool is up: records flow
     run.kill()
     run.wait()
+    left = list(private_tmp.iterdir())
     deadline = time.monotonic() + 10
     try:
         while processes_mentioning(str(private_tmp)):
             assert time.monotonic() < deadline, f"still running: {processes_mentioning(str(private_tmp))}"
             time.sleep(0.05)
+        assert [p.name.startswith("memory_tracer-") for p in left] == [True]
+        assert os.path.isdir(f"/dev/shm/{left[0].name}-ring")
+        # As if a minute had passed: a younger directory may be a run's between making and marking it.
+        os.utime(left[0] / ".alive", (time.time() - 120,) * 2)
+        later = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), "--dont_use_qemu", "x", "y", "z",
+                                "--workload_path_on_host", str(PROGRAMS / "mem_loop"), "--workload_args", "16 1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
+                               env=dict(os.environ, TMPDIR=str(private_tmp)))
+        assert later.returncode == 0, later.stderr
+        assert not os.path.exists(f"/dev/shm/{left[0].name}-ring")
+        # (private_tmp, the fixture, checks that nothing is left in TMPDIR)
     finally:
         for pid in processes_mentioning(str(private_tmp)):   # when they did not end: not after the test
             os.kill(int(pid), signal.SIGKILL)
-        for leftover in private_tmp.iterdir():   # and the ring named after it
+        for leftover in left:
             shutil.rmtree(f"/dev/shm/{leftover.name}-ring", ignore_errors=True)
-            shutil.rmtree(leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def test_a_live_runs_directory_is_never_taken_for_a_killed_ones(private_tmp, tracer):
+    """Two runs at once: the second must leave the first's directory, however old its mark."""
+    first = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
+                              "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
+                              "--analysis_tool_path", str(TOOLS / "count")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, TMPDIR=str(private_tmp)))
+    try:
+        deadline = time.monotonic() + 30
+        while len(processes_mentioning("trace.fifo")) < 2:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        [directory] = list(private_tmp.iterdir())
+        os.utime(directory / ".alive", (time.time() - 3600,) * 2)
+        second = tracer("--dont_use_qemu", "x", "y", "z", "--workload_path_on_host", PROGRAMS / "mem_loop",
+                        "--workload_args", "16 1")
+        assert second.returncode == 0, second.stderr
+        assert directory.exists() and os.path.isdir(f"/dev/shm/{directory.name}-ring")
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)

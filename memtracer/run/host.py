@@ -10,13 +10,12 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from contextlib import ExitStack
 
 import pexpect
 
 from ..errors import ControlChannelError, QemuError
-from ..lifetime import ending_with_us
+from ..lifetime import ending_with_us, private_directory
 from ..qemu.plugin_control import ControlChannel, parse_counters
 from ..trace.consumer import make_consumer
 from .window import RunResult, TraceWindow, exited_within, plugin_argument
@@ -39,7 +38,7 @@ class HostRun:
 
     def run(self):
         with ExitStack() as cleanup:
-            self.private_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
+            self.private_dir = cleanup.enter_context(private_directory())
             if self.request.traced:
                 self.consumer = make_consumer(self.request, self.private_dir)
                 cleanup.callback(self.consumer.close)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..build.builtin_image import build_smp_guest_image
 from ..errors import BadInputError, QemuError, WorkloadError
+from ..lifetime import private_directory
 from ..qemu.guest_channel import GuestChannel
 from ..qemu.machine import CONTROL_SOCKET, MachineProfile, QemuMachine, has_display
 from ..qemu.plugin_control import ControlChannel
@@ -193,8 +194,7 @@ class SystemRun:
     # ------------------------------------------------------------------ steps
 
     def _prepare(self):
-        self.private_dir = self._cleanup.enter_context(tempfile.TemporaryDirectory(prefix="memory_tracer-"))
-        os.chmod(self.private_dir, 0o700)
+        self.private_dir = self._cleanup.enter_context(private_directory())
         self.image = self.target.image_path
         if self.target.make_builtin_image:
             build_smp_guest_image(self.target.smp, progress=self.progress.phase)

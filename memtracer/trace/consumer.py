@@ -4,10 +4,10 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 from ..errors import AnalysisToolError, TraceFifoError
+from ..lifetime import ring_directory
 from .fifo import TraceFifo
 from .shm_ring import RING_ENV, ShmRing, create_ring
 from .tool_process import ToolProcess
@@ -30,7 +30,7 @@ def make_consumer(request, private_dir):
     """The consumer a traced run's request asks for."""
     if request.analysis_tool_path:
         record_size = request.settings.record_size
-        transport = (RingTransport(record_size) if request.shared_memory_ring
+        transport = (RingTransport(record_size, ring_directory(private_dir)) if request.shared_memory_ring
                      else NegotiatedTransport(private_dir, record_size))
         return ToolConsumer(request.analysis_tool_path, transport, request.verbose,
                             request.analysis_tool_args, request.settings)
@@ -68,21 +68,16 @@ class FifoTransport:
 
 
 class RingTransport:
-    """--shared_memory_ring: a ring in a private 0700 directory in /dev/shm (memory, never written
-    back to a disk); the tool maps it when it starts. Named after the run (named), so that every
-    window of a run finds it where the plugin was told it is."""
+    """--shared_memory_ring: a ring in a private 0700 directory (lifetime.ring_directory: in /dev/shm,
+    memory, never written back to a disk); the tool maps it when it starts."""
 
     name = "the shared-memory ring"
     environment = {}
 
-    def __init__(self, record_size, named=None):
+    def __init__(self, record_size, directory):
         self.record_size = record_size
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        if named is None:
-            self.directory = tempfile.mkdtemp(prefix="memory_tracer-", dir=base)
-        else:
-            self.directory = os.path.join(base, named)
-            os.mkdir(self.directory, 0o700)
+        self.directory = directory
+        os.mkdir(self.directory, 0o700)
         self.path = os.path.join(self.directory, "trace.ring")
         create_ring(self.path, record_size=record_size)
         self.ring = ShmRing(self.path)
@@ -119,7 +114,7 @@ class NegotiatedTransport:
 
     def __init__(self, private_dir, record_size):
         self.fifo = FifoTransport(private_dir)
-        self.ring = RingTransport(record_size, named=os.path.basename(private_dir) + "-ring")
+        self.ring = RingTransport(record_size, ring_directory(private_dir))
         self.path = self.fifo.path
         self.plugin_argument = f"{self.fifo.plugin_argument},{self.ring.plugin_argument}"
         self.environment = {RING_ENV: self.ring.path}
