@@ -5,18 +5,12 @@ workload whose tool died with us would run on, or wait forever for room in the t
 directories only until the next run, which removes them: a run marks its own as alive with a lock
 that the kernel drops when the run dies."""
 import contextlib
-import ctypes
 import fcntl
 import glob
 import os
 import shutil
-import signal
 import tempfile
 import time
-
-PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
-# Looked up now, in the parent: the child of a threaded process should load nothing before exec.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 PRIVATE_PREFIX = "memory_tracer-"
 ALIVE = ".alive"       # in a run's private directory: locked (flock) while the run lives
@@ -24,18 +18,14 @@ ALIVE = ".alive"       # in a run's private directory: locked (flock) while the 
 UNLOCKED_GRACE_SECONDS = 60
 
 
-def ending_with_us(signum=signal.SIGKILL):
-    """A preexec_fn for subprocess.Popen and pexpect.spawn: the child gets signum when the thread
-    that starts it (the caller's) dies. SIGKILL unless the child has a clean exit of its own to take:
-    QEMU's, on SIGTERM, waits for its vCPUs, which a plugin waiting for room in a ring whose reader
-    died with us never gives back."""
-    parent = os.getpid()
-
-    def arrange():
-        _prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
-        if os.getppid() != parent:   # we died before the prctl: the signal would never come
-            os.kill(os.getpid(), signum)
-    return arrange
+def ending_with_us(command, signal_name="KILL"):
+    """command, run so that the kernel sends it the signal when the thread that starts it (the
+    caller's) dies: through util-linux's setpriv, which asks for that and execs it. KILL unless
+    the process has a clean exit of its own to take: QEMU's, on SIGTERM, waits for its vCPUs, which
+    a plugin waiting for room in a ring whose reader died with us never gives back. (Not with a
+    preexec_fn: Python code between fork and exec makes the interpreter run its fork hooks in the
+    parent too, and a Ctrl-C or SIGTERM that lands in one is lost.)"""
+    return ["setpriv", f"--pdeathsig={signal_name}", "--", *map(str, command)]
 
 
 @contextlib.contextmanager

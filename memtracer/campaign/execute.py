@@ -3,7 +3,6 @@ process of its own, its report read back into one row of the results table."""
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -85,9 +84,8 @@ def _run_process(command, row, name):
     that dies takes its memory_tracer with it, by SIGTERM, on which memory_tracer ends cleanly,
     QEMU and all. The run has a session of its own: a Ctrl-C at the campaign's terminal is the
     campaign's to handle (by ending its workers), and never makes a run fail."""
-    finished = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace", preexec_fn=ending_with_us(signal.SIGTERM),
-                              start_new_session=True)
+    finished = subprocess.run(ending_with_us(command, "TERM"), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", start_new_session=True)
     if finished.returncode != 0:
         lines = [line for line in finished.stderr.splitlines() if line.strip()]
         row.update(status=FAILED, exit_status=finished.returncode,

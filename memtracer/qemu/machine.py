@@ -263,9 +263,9 @@ class QemuMachine:
                                     graphic=self.graphic)
         log.debug("QEMU: %s", " ".join(self.command))
         self._log = open(self.paths.log, "wb")
-        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+        self.process = subprocess.Popen(ending_with_us(self.command), stdin=subprocess.DEVNULL, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        cwd=self.paths.directory, preexec_fn=ending_with_us())
+                                        cwd=self.paths.directory)
         self.qmp = self._connect_qmp()
         return self
 

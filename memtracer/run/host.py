@@ -98,8 +98,8 @@ class HostRun:
                              lossless=self.request.lossless)
         window.open(info_words=[])
         window.start_clock()
-        self.process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT,   # our stdin is its
-                                        cwd=self._workload_dir(), preexec_fn=ending_with_us())
+        self.process = subprocess.Popen(ending_with_us(command), stdout=self._output,   # our stdin is its
+                                        stderr=subprocess.STDOUT, cwd=self._workload_dir())
         cleanup.callback(_kill, self.process)
         exited = window.wait(lambda poll: exited_within(self.process, poll), self.request.timeout)
         window.stop_clock(self.result)
@@ -124,7 +124,8 @@ class HostRun:
             counters = self._running_control().end_window(check)
             _kill(self.process)
             return counters
-        return self._final_counters(self.process.args, self.process.returncode, self._workload_output(), check)
+        command = self.process.args[self.process.args.index("--") + 1:]   # without ending_with_us's
+        return self._final_counters(command, self.process.returncode, self._workload_output(), check)
 
     def _workload_output(self):
         self._output.seek(0)
@@ -135,9 +136,9 @@ class HostRun:
     def _run_protocol(self, cleanup):
         command = self._command(enabled_from_start=False)
         log.debug("workload command: %s", " ".join(command))
-        child = pexpect.spawn(command[0], command[1:], echo=False, encoding="utf-8",
-                              codec_errors="replace", timeout=None, cwd=self._workload_dir(),
-                              preexec_fn=ending_with_us())
+        spawned = ending_with_us(command)
+        child = pexpect.spawn(spawned[0], spawned[1:], echo=False, encoding="utf-8",
+                              codec_errors="replace", timeout=None, cwd=self._workload_dir())
         child.logfile_read = sys.stderr if self.request.verbose else None
         cleanup.callback(child.close, force=True)
         if self.request.traced:

@@ -39,9 +39,9 @@ class ToolProcess:
 
     def start(self, ready_timeout):
         log.debug("analysis tool: %s", " ".join(self.argv))
-        self.child = pexpect.spawn(self.argv[0], self.argv[1:], echo=False, encoding="utf-8",
-                                   codec_errors="replace", timeout=None, env=self.environment,
-                                   preexec_fn=ending_with_us())
+        spawned = ending_with_us(self.argv)
+        self.child = pexpect.spawn(spawned[0], spawned[1:], echo=False, encoding="utf-8",
+                                   codec_errors="replace", timeout=None, env=self.environment)
         self.child.logfile_read = self.echo_to
         index = self.child.expect_exact([TOOL_READY, pexpect.EOF, pexpect.TIMEOUT], timeout=ready_timeout)
         if index == 1:
