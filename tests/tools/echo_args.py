@@ -17,4 +17,9 @@ print("Ready to analyze", flush=True)
 fd = os.open(sys.argv[1], os.O_RDONLY)
 while os.read(fd, 1 << 20):
     pass
-signal.pause()
+# Not signal.pause(): a SIGUSR1 that came after the interpreter's last look for signals and before
+# pause() began would leave it waiting for another, forever. Blocked, it waits for sigwait(); and
+# one that came before the block is handled as the block returns.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+signal.sigwait({signal.SIGUSR1})
+report(signal.SIGUSR1, None)
