@@ -93,7 +93,7 @@ class HostRun:
         command = self._command(enabled_from_start=True)
         log.debug("workload command: %s", " ".join(command))
         self._output = cleanup.enter_context(open(self._path("workload.out"), "wb+"))
-        window = TraceWindow(self.consumer, end_recording=self._end_wrapped_recording,
+        window = TraceWindow(self.consumer, end_recording=lambda check: self._end_wrapped_recording(command, check),
                              plugin_counters=lambda: self._running_control().counters(),
                              lossless=self.request.lossless)
         window.open(info_words=[])
@@ -119,12 +119,11 @@ class HostRun:
             self._connect_control(lambda: self.process.poll() is None)
         return self.control
 
-    def _end_wrapped_recording(self, check):
+    def _end_wrapped_recording(self, command, check):
         if self.process.poll() is None:   # --timeout: the plugin is still recording
             counters = self._running_control().end_window(check)
             _kill(self.process)
             return counters
-        command = self.process.args[self.process.args.index("--") + 1:]   # without ending_with_us's
         return self._final_counters(command, self.process.returncode, self._workload_output(), check)
 
     def _workload_output(self):
