@@ -12,6 +12,14 @@ import pytest
 from conftest import PROGRAMS, REPO, TOOLS, processes_mentioning, system
 
 
+def wait_until_qemu_and_the_tool_run(run, seconds):
+    """Until two processes name the run's FIFO: QEMU (in the plugin's argument) and the tool."""
+    deadline = time.monotonic() + seconds
+    while len(processes_mentioning("trace.fifo")) < 2:
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_tracing_cleans_up(private_tmp, signum):
     run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
@@ -39,10 +47,7 @@ def test_signal_during_a_full_system_run_cleans_up(private_tmp, signum):
                             "--analysis_tool_path", TOOLS / "count"))],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, TMPDIR=str(private_tmp)))
-    deadline = time.monotonic() + 60
-    while len(processes_mentioning("trace.fifo")) < 2:   # QEMU (the plugin's argument) and the tool
-        assert time.monotonic() < deadline and run.poll() is None
-        time.sleep(0.05)
+    wait_until_qemu_and_the_tool_run(run, 60)
     time.sleep(1.0)   # the tool is up: the workload is in the trace window by now
     started = time.monotonic()
     run.send_signal(signum)
@@ -56,7 +61,8 @@ def test_signal_during_a_full_system_run_cleans_up(private_tmp, signum):
 
 
 @pytest.mark.parametrize("mode", ["user", "system"])
-def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_directories(private_tmp, mode):
+def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_directories(private_tmp, tracer,
+                                                                                            mode):
     """SIGKILL gives memory_tracer no chance to stop anything: QEMU and the tool must end with it all
     the same. Its private directory and ring stay, until the next run removes them."""
     arguments = ["--workload_path_on_host", PROGRAMS / "spin_forever", "--analysis_tool_path", TOOLS / "count"]
@@ -64,10 +70,7 @@ def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_
     run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, arguments)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=dict(os.environ, TMPDIR=str(private_tmp)))
-    deadline = time.monotonic() + 60
-    while len(processes_mentioning("trace.fifo")) < 2:   # QEMU (the plugin's argument) and the tool
-        assert time.monotonic() < deadline and run.poll() is None
-        time.sleep(0.05)
+    wait_until_qemu_and_the_tool_run(run, 60)
     time.sleep(1.0)   # the tool is up: records flow
     run.kill()
     run.wait()
@@ -81,10 +84,8 @@ def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_
         assert os.path.isdir(f"/dev/shm/{left[0].name}-ring")
         # As if a minute had passed: a younger directory may be a run's between making and marking it.
         os.utime(left[0] / ".alive", (time.time() - 120,) * 2)
-        later = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), "--dont_use_qemu", "x", "y", "z",
-                                "--workload_path_on_host", str(PROGRAMS / "mem_loop"), "--workload_args", "16 1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60,
-                               env=dict(os.environ, TMPDIR=str(private_tmp)))
+        later = tracer("--dont_use_qemu", "x", "y", "z", "--workload_path_on_host", PROGRAMS / "mem_loop",
+                       "--workload_args", "16 1")
         assert later.returncode == 0, later.stderr
         assert not os.path.exists(f"/dev/shm/{left[0].name}-ring")
         # (private_tmp, the fixture, checks that nothing is left in TMPDIR)
@@ -104,10 +105,7 @@ def test_a_live_runs_directory_is_never_taken_for_a_killed_ones(private_tmp, tra
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=dict(os.environ, TMPDIR=str(private_tmp)))
     try:
-        deadline = time.monotonic() + 30
-        while len(processes_mentioning("trace.fifo")) < 2:
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.05)
+        wait_until_qemu_and_the_tool_run(first, 30)
         [directory] = list(private_tmp.iterdir())
         os.utime(directory / ".alive", (time.time() - 3600,) * 2)
         second = tracer("--dont_use_qemu", "x", "y", "z", "--workload_path_on_host", PROGRAMS / "mem_loop",
