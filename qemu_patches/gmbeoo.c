@@ -453,10 +453,31 @@ static bool use_inline;     /* decided at install: a QEMU that can, and no callb
 static bool use_counting;   /* and the blocks that only count records: between samples, while not tracing */
 static bool samples_when_counting;  /* and those blocks can write the samples (a patched x86-64 host) */
 
-/* Records a vCPU buffer holds: the generated code checks for room only now and then. */
+/*
+ * Where the counting blocks write the samples only (start_buffer_locked), a
+ * buffer spans this many records, of which they write 1 in 2^R: the hand-overs
+ * (each a leave of translated code, and a write() or a ring publish) then come
+ * every 64 samples at 1/1024, not every 4 as with 4096 records. Only the
+ * pages of the samples are touched: every fourth page of 16-byte records at
+ * 1/1024. Plugin alone, gzip -6 of 4 MiB sampled 1/1024 to a trace file ran
+ * 7% faster (0.93x, 15 paired rounds), its system time 0.11 s -> 0.03 s.
+ */
+#define SAMPLES_SPAN_RECORDS 65536u
+
+static uint64_t samples_span_records(void)
+{
+    return config.buffer_records > SAMPLES_SPAN_RECORDS ? config.buffer_records : SAMPLES_SPAN_RECORDS;
+}
+
+/*
+ * Records a vCPU buffer holds: the generated code checks for room only now and
+ * then. The callback path's buffers are as large, though it uses buffer_records
+ * of them: in user mode the guest's mappings land where QEMU's allocations
+ * leave room, and they should not move with the path.
+ */
 static size_t buffer_capacity(void)
 {
-    return (size_t)config.buffer_records + (use_inline ? INLINE_SLACK_RECORDS : 0);
+    return (size_t)samples_span_records() + INLINE_SLACK_RECORDS;
 }
 
 /* ------------------------------------------ the FIFO by vmsplice (inline records) */
@@ -956,7 +977,7 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
             r->samples_in_place = true;
             r->samples_first = r->events - r->events_at_enable;
             r->samples_mask = mask;
-            return limit;
+            return samples_span_records();
         }
         if (!counting_now) {
             return limit;   /* or all of them written, and sampled at hand-over */
