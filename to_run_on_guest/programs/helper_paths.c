@@ -2,7 +2,8 @@
  * helper_paths - deterministic memory work through every way QEMU performs an
  * access: plain loads and stores, rep movs and rep stos (a loop inside one
  * instruction), cmpxchg16b, fxsave and fxrstor, x87 80-bit loads and stores,
- * iretq, a faulting store caught by a SIGSEGV handler, and threads (each a vCPU
+ * iretq, a faulting store and a faulting add to memory (its load done, its store
+ * refused) caught by a SIGSEGV handler, and threads (each a vCPU
  * of its own in user mode), each working on its own data. The same run, traced
  * twice, must give the same records byte for byte (with ASLR off).
  * Usage: helper_paths [ROUNDS (default 100)].
@@ -27,6 +28,8 @@ uint8_t fx_area[512] __attribute__((aligned(16)));    /* global: tests find them
 long double extended;
 static sigjmp_buf recover;
 static volatile char *forbidden;
+static uint64_t *volatile read_only;     /* a page that may be read, not written */
+uint64_t after_fault;
 
 static void copy_with_rep_movs(void *to, const void *from, size_t bytes)
 {
@@ -92,6 +95,16 @@ static void faulting_store(void)
     }
 }
 
+/* The pointer's load, then an add to memory whose load is done and whose store faults, then a
+ * store that never runs: one block, whose accesses QEMU may count all at its start. */
+static void faulting_add(void)
+{
+    if (sigsetjmp(recover, 1) == 0) {
+        uint64_t *p = read_only;
+        __asm__ volatile("addq $1, %0\n\tmovq $2, %1" : "+m"(*p), "=m"(after_fault));
+    }
+}
+
 static int done_pipe[2], never_pipe[2];
 
 /* write(done_fd, byte, 1), then read(never_fd, byte, 1), which blocks until the process exits:
@@ -129,6 +142,7 @@ int main(int argc, char **argv)
 {
     long rounds = argc > 1 ? strtol(argv[1], NULL, 10) : 100;
     forbidden = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    read_only = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     struct sigaction sa = { .sa_handler = on_segv };
     sigaction(SIGSEGV, &sa, NULL);
     for (long round = 0; round < rounds; round++) {
@@ -139,6 +153,7 @@ int main(int argc, char **argv)
         save_and_restore_fpu();
         return_with_iretq();
         faulting_store();
+        faulting_add();
     }
     static uint64_t per_thread[THREADS][WORDS];
     pthread_t threads[THREADS];
