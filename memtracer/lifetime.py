@@ -2,8 +2,10 @@
 and has no chance to clean up. No process: the kernel signals each process a run starts when the
 thread that started it dies (without this, a full-system QEMU, in a session of its own, or a
 workload whose tool died with us would run on, or wait forever for room in the trace). Its private
-directories only until the next run, which removes them: a run marks its own as alive with a lock
-that the kernel drops when the run dies."""
+directories only until the next run, which removes them: a run marks each of its own as alive with a
+lock that the kernel drops when the run dies. Its ring's directory in /dev/shm carries a mark of
+its own, so that a later run finds it even from another TMPDIR (a test harness, say, gives each run
+its own)."""
 import contextlib
 import fcntl
 import glob
@@ -13,7 +15,9 @@ import tempfile
 import time
 
 PRIVATE_PREFIX = "memory_tracer-"
-ALIVE = ".alive"       # in a run's private directory: locked (flock) while the run lives
+ALIVE = ".alive"       # in each of a run's private directories: locked (flock) while the run lives
+SHARED_MEMORY = "/dev/shm"
+RING_SUFFIX = "-ring"
 # A mark younger than this is left alone: its run may be between making it and locking it.
 UNLOCKED_GRACE_SECONDS = 60
 
@@ -30,36 +34,51 @@ def ending_with_us(command, signal_name="KILL"):
 
 @contextlib.contextmanager
 def private_directory():
-    """A new directory (mode 0700) in TMPDIR for one run, and its ring's, removed at the end; its
-    path. First, those that runs killed outright left are removed."""
+    """A new directory (mode 0700) in TMPDIR for one run, and its ring's (ring_directory), each
+    marked alive, both removed at the end; the first's path. First, those that runs killed outright
+    left are removed."""
     remove_what_killed_runs_left()
     path = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+    ring = ring_directory(path)
     try:
-        alive = os.open(os.path.join(path, ALIVE), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(alive, fcntl.LOCK_EX)
+        os.mkdir(ring, 0o700)
+        with _marked_alive(path), _marked_alive(ring):
             yield path
-        finally:
-            os.close(alive)
     finally:
-        shutil.rmtree(ring_directory(path), ignore_errors=True)
+        shutil.rmtree(ring, ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _marked_alive(directory):
+    """The directory's mark, locked while the run lives."""
+    alive = os.open(os.path.join(directory, ALIVE), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(alive, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(alive)
 
 
 def ring_directory(private_dir):
     """A run's shared-memory ring's directory, named after its private directory (so that every
     window of a run finds it where the plugin was told it is, and a later run what a killed one
     left): in /dev/shm (memory, never written back to a disk), else beside it."""
-    shm = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-    return os.path.join("/dev/shm" if shm else os.path.dirname(private_dir), os.path.basename(private_dir) + "-ring")
+    shm = os.path.isdir(SHARED_MEMORY) and os.access(SHARED_MEMORY, os.W_OK)
+    return os.path.join(SHARED_MEMORY if shm else os.path.dirname(private_dir),
+                        os.path.basename(private_dir) + RING_SUFFIX)
 
 
 def remove_what_killed_runs_left():
-    """The private directories in TMPDIR whose run died without removing them, with their rings."""
+    """The private directories in TMPDIR, and the rings' directories in /dev/shm, whose run died
+    without removing them."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), PRIVATE_PREFIX + "*")):
         if _left_by_a_dead_run(path):
             shutil.rmtree(ring_directory(path), ignore_errors=True)
             shutil.rmtree(path, ignore_errors=True)
+    for ring in glob.glob(os.path.join(SHARED_MEMORY, PRIVATE_PREFIX + "*" + RING_SUFFIX)):
+        if _left_by_a_dead_run(ring):
+            shutil.rmtree(ring, ignore_errors=True)
 
 
 def _left_by_a_dead_run(path):

@@ -5,7 +5,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,14 @@ def wait_until_qemu_and_the_tool_run(run, seconds):
     deadline = time.monotonic() + seconds
     while len(processes_mentioning("trace.fifo")) < 2:
         assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+
+
+def wait_until_gone(tmpdir, seconds):
+    """Until no process names tmpdir: a killed run's QEMU and tool end with it."""
+    deadline = time.monotonic() + seconds
+    while processes_mentioning(str(tmpdir)):
+        assert time.monotonic() < deadline, f"still running: {processes_mentioning(str(tmpdir))}"
         time.sleep(0.05)
 
 
@@ -75,11 +85,8 @@ def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_
     run.kill()
     run.wait()
     left = list(private_tmp.iterdir())
-    deadline = time.monotonic() + 10
     try:
-        while processes_mentioning(str(private_tmp)):
-            assert time.monotonic() < deadline, f"still running: {processes_mentioning(str(private_tmp))}"
-            time.sleep(0.05)
+        wait_until_gone(private_tmp, 10)
         assert [p.name.startswith("memory_tracer-") for p in left] == [True]
         assert os.path.isdir(f"/dev/shm/{left[0].name}-ring")
         # As if a minute had passed: a younger directory may be a run's between making and marking it.
@@ -97,8 +104,38 @@ def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def test_a_killed_runs_ring_is_removed_by_a_run_with_another_tmpdir(private_tmp, tracer):
+    """A harness that gives each run a TMPDIR of its own, as this one does, kills one outright: the
+    ring's directory in /dev/shm carries its own mark, so the next run removes it all the same."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="mt-"))   # short: sockets' paths are limited
+    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
+                            "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
+                            "--analysis_tool_path", str(TOOLS / "count")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, TMPDIR=str(elsewhere)))
+    wait_until_qemu_and_the_tool_run(run, 60)
+    run.kill()
+    run.wait()
+    [left] = list(elsewhere.iterdir())
+    ring = f"/dev/shm/{left.name}-ring"
+    try:
+        wait_until_gone(elsewhere, 10)
+        assert os.path.isdir(ring)
+        os.utime(f"{ring}/.alive", (time.time() - 120,) * 2)   # as if a minute had passed
+        later = tracer("--dont_use_qemu", "x", "y", "z", "--workload_path_on_host", PROGRAMS / "mem_loop",
+                       "--workload_args", "16 1")
+        assert later.returncode == 0, later.stderr
+        assert not os.path.exists(ring)
+        assert left.exists()    # another TMPDIR's: the run that sweeps it is one made there
+    finally:
+        for pid in processes_mentioning(str(elsewhere)):
+            os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(ring, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
 def test_a_live_runs_directory_is_never_taken_for_a_killed_ones(private_tmp, tracer):
-    """Two runs at once: the second must leave the first's directory, however old its mark."""
+    """Two runs at once: the second must leave the first's directories, however old their marks."""
     first = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
                               "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
                               "--analysis_tool_path", str(TOOLS / "count")],
@@ -108,6 +145,7 @@ def test_a_live_runs_directory_is_never_taken_for_a_killed_ones(private_tmp, tra
         wait_until_qemu_and_the_tool_run(first, 30)
         [directory] = list(private_tmp.iterdir())
         os.utime(directory / ".alive", (time.time() - 3600,) * 2)
+        os.utime(f"/dev/shm/{directory.name}-ring/.alive", (time.time() - 3600,) * 2)
         second = tracer("--dont_use_qemu", "x", "y", "z", "--workload_path_on_host", PROGRAMS / "mem_loop",
                         "--workload_args", "16 1")
         assert second.returncode == 0, second.stderr

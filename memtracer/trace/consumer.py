@@ -1,8 +1,8 @@
 """Who reads the trace: an analysis tool we start (through a FIFO, or a shared-memory ring), or a
 reader the user runs on their own FIFO."""
+import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
 
@@ -68,17 +68,16 @@ class FifoTransport:
 
 
 class RingTransport:
-    """--shared_memory_ring: a ring in a private 0700 directory (lifetime.ring_directory: in /dev/shm,
-    memory, never written back to a disk); the tool maps it when it starts."""
+    """--shared_memory_ring: a ring in the run's private 0700 directory for rings
+    (lifetime.ring_directory: in /dev/shm, memory, never written back to a disk); the tool maps it
+    when it starts."""
 
     name = "the shared-memory ring"
     environment = {}
 
     def __init__(self, record_size, directory):
         self.record_size = record_size
-        self.directory = directory
-        os.mkdir(self.directory, 0o700)
-        self.path = os.path.join(self.directory, "trace.ring")
+        self.path = os.path.join(directory, "trace.ring")
         create_ring(self.path, record_size=record_size)
         self.ring = ShmRing(self.path)
         self.plugin_argument = f"trace_shm_path={self.path}"
@@ -103,7 +102,8 @@ class RingTransport:
 
     def close(self):
         self.ring.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):   # closed before
+            os.unlink(self.path)
 
 
 class NegotiatedTransport:
