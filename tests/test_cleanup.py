@@ -22,6 +22,16 @@ def wait_until_qemu_and_the_tool_run(run, seconds):
         time.sleep(0.05)
 
 
+def spinning_run(tmpdir, mode="user", **popen):
+    """memory_tracer tracing spin_forever to count, started with TMPDIR=tmpdir (a Popen); output
+    thrown away unless popen says otherwise."""
+    arguments = ["--workload_path_on_host", PROGRAMS / "spin_forever", "--analysis_tool_path", TOOLS / "count"]
+    arguments = system(*arguments) if mode == "system" else ["--user_mode", *arguments]
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+    return subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, arguments)],
+                            env=dict(os.environ, TMPDIR=str(tmpdir)), **popen)
+
+
 def wait_until_gone(tmpdir, seconds):
     """Until no process names tmpdir: a killed run's QEMU and tool end with it."""
     deadline = time.monotonic() + seconds
@@ -32,11 +42,7 @@ def wait_until_gone(tmpdir, seconds):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_tracing_cleans_up(private_tmp, signum):
-    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
-                            "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
-                            "--analysis_tool_path", str(TOOLS / "count")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    run = spinning_run(private_tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not processes_mentioning(f"{private_tmp}/memory_tracer-"):   # QEMU is tracing
         assert time.monotonic() < deadline and run.poll() is None
@@ -52,11 +58,7 @@ def test_signal_while_tracing_cleans_up(private_tmp, signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_full_system_run_cleans_up(private_tmp, signum):
-    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, system(
-                            "--workload_path_on_host", PROGRAMS / "spin_forever",
-                            "--analysis_tool_path", TOOLS / "count"))],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    run = spinning_run(private_tmp, "system", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until_qemu_and_the_tool_run(run, 60)
     time.sleep(1.0)   # the tool is up: the workload is in the trace window by now
     started = time.monotonic()
@@ -75,11 +77,7 @@ def test_killed_outright_its_processes_end_with_it_and_the_next_run_removes_its_
                                                                                             mode):
     """SIGKILL gives memory_tracer no chance to stop anything: QEMU and the tool must end with it all
     the same. Its private directory and ring stay, until the next run removes them."""
-    arguments = ["--workload_path_on_host", PROGRAMS / "spin_forever", "--analysis_tool_path", TOOLS / "count"]
-    arguments = system(*arguments) if mode == "system" else ["--user_mode", *arguments]
-    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), *map(str, arguments)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=dict(os.environ, TMPDIR=str(private_tmp)))
+    run = spinning_run(private_tmp, mode)
     wait_until_qemu_and_the_tool_run(run, 60)
     time.sleep(1.0)   # the tool is up: records flow
     run.kill()
@@ -108,11 +106,7 @@ def test_a_killed_runs_ring_is_removed_by_a_run_with_another_tmpdir(private_tmp,
     """A harness that gives each run a TMPDIR of its own, as this one does, kills one outright: the
     ring's directory in /dev/shm carries its own mark, so the next run removes it all the same."""
     elsewhere = Path(tempfile.mkdtemp(prefix="mt-"))   # short: sockets' paths are limited
-    run = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
-                            "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
-                            "--analysis_tool_path", str(TOOLS / "count")],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=dict(os.environ, TMPDIR=str(elsewhere)))
+    run = spinning_run(elsewhere)
     wait_until_qemu_and_the_tool_run(run, 60)
     run.kill()
     run.wait()
@@ -136,11 +130,7 @@ def test_a_killed_runs_ring_is_removed_by_a_run_with_another_tmpdir(private_tmp,
 
 def test_a_live_runs_directory_is_never_taken_for_a_killed_ones(private_tmp, tracer):
     """Two runs at once: the second must leave the first's directories, however old their marks."""
-    first = subprocess.Popen([sys.executable, str(REPO / "memory_tracer.py"), "--user_mode",
-                              "--workload_path_on_host", str(PROGRAMS / "spin_forever"),
-                              "--analysis_tool_path", str(TOOLS / "count")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=dict(os.environ, TMPDIR=str(private_tmp)))
+    first = spinning_run(private_tmp)
     try:
         wait_until_qemu_and_the_tool_run(first, 30)
         [directory] = list(private_tmp.iterdir())
