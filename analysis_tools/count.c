@@ -9,7 +9,15 @@
 
 #include <inttypes.h>
 
-static uint64_t by_info[256];        /* info byte -> count: everything else derives from it */
+/*
+ * Info byte -> count: everything else derives from it. Four tables, which the
+ * records take in turn, summed at the report: consecutive records mostly share
+ * their info byte, and an increment of a counter waits for the one before it.
+ * With one table the loop ran at the pace of that chain; with four, four
+ * chains run side by side.
+ */
+#define INFO_TABLES 4
+static uint64_t by_info_of[INFO_TABLES][256];
 static uint64_t by_vcpu[65536];
 static uint64_t range_by_info[256];
 static uint64_t range_start, range_end;
@@ -42,13 +50,43 @@ static void count_marker(const struct gmbe_record *m)
     marker_count++;
 }
 
+/* A vCPU's records come in runs (a whole buffer each): one add per run, not an increment per record. */
+static void count_vcpus(const struct gmbe_record *records, size_t n)
+{
+    if (n == 0) {
+        return;
+    }
+    unsigned vcpu = gmbe_vcpu(&records[0]);
+    size_t start = 0;
+    for (size_t i = 1; i < n; i++) {
+        if (gmbe_vcpu(&records[i]) != vcpu) {
+            by_vcpu[vcpu] += i - start;
+            vcpu = gmbe_vcpu(&records[i]);
+            start = i;
+        }
+    }
+    by_vcpu[vcpu] += n - start;
+}
+
+static void count_infos(const struct gmbe_record *records, size_t n)
+{
+    size_t i = 0;
+    for (; i + INFO_TABLES <= n; i += INFO_TABLES) {
+        by_info_of[0][gmbe_info(&records[i])]++;
+        by_info_of[1][gmbe_info(&records[i + 1])]++;
+        by_info_of[2][gmbe_info(&records[i + 2])]++;
+        by_info_of[3][gmbe_info(&records[i + 3])]++;
+    }
+    for (; i < n; i++) {
+        by_info_of[0][gmbe_info(&records[i])]++;
+    }
+}
+
 static void count_process(const struct gmbe_record *records, size_t n)
 {
     phase_records[marker_count < MAX_MARKERS_SHOWN ? marker_count : MAX_MARKERS_SHOWN] += n;
-    for (size_t i = 0; i < n; i++) {
-        by_info[gmbe_info(&records[i])]++;
-        by_vcpu[gmbe_vcpu(&records[i])]++;
-    }
+    count_infos(records, n);
+    count_vcpus(records, n);
     if (have_range) {
         for (size_t i = 0; i < n; i++) {
             if (records[i].virt_addr - range_start < range_end - range_start) {
@@ -77,7 +115,12 @@ static void print_kinds(FILE *out, const char *prefix, const uint64_t *table)
 
 static void count_report(FILE *out)
 {
-    uint64_t total = 0, loads = 0, stores = 0, cpl[4] = { 0 };
+    uint64_t total = 0, loads = 0, stores = 0, cpl[4] = { 0 }, by_info[256] = { 0 };
+    for (int info = 0; info < 256; info++) {
+        for (int t = 0; t < INFO_TABLES; t++) {
+            by_info[info] += by_info_of[t][info];
+        }
+    }
     for (int info = 0; info < 256; info++) {
         total += by_info[info];
         cpl[info >> GMBE_CPL_SHIFT] += by_info[info];
