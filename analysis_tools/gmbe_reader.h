@@ -51,6 +51,14 @@
 #include "gmbe_trace_file.h"
 
 #define GMBE_READ_BYTES (1 << 20)
+/*
+ * The ring is read in steps of this many records, each handed back (the tail moved) once the tool
+ * has them. The step's records (16 KiB of standard ones) stay in the core's first-level cache
+ * beside the tool's tables from the marker scan to the tool's pass, and a vCPU waiting for room
+ * gets it step by step, not once all that the ring held is done. Read all at once, full-system
+ * gzip traced to `count` took 4% longer.
+ */
+#define GMBE_RING_BATCH_RECORDS 1024
 
 typedef struct {
     const char *name;       /* without dashes */
@@ -531,6 +539,7 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
         }
         uint64_t start = tail & mask;
         uint64_t count = head - tail < ring->capacity - start ? head - tail : ring->capacity - start;
+        count = count < GMBE_RING_BATCH_RECORDS ? count : GMBE_RING_BATCH_RECORDS;
         gmbe_deliver(tool, slots + start * gmbe_record_size, count);
         tail += count;
         __atomic_store_n(&ring->tail, tail, __ATOMIC_RELEASE);
