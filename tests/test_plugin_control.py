@@ -1,12 +1,15 @@
 """The GMBEOO plugin's control channel, driven directly: the protocol of qemu_patches/README.md."""
 import os
+import subprocess
+import threading
 
 import pexpect
 import pytest
 
 from conftest import PROGRAMS, QEMU_DIR
 from memtracer.errors import ControlChannelError
-from memtracer.qemu.plugin_control import ControlChannel
+from memtracer.qemu.plugin_control import ControlChannel, parse_counters
+from memtracer.qemu.unix_socket import connect_when_listening
 from memtracer.run.workload import ProtocolSession
 
 pytestmark = pytest.mark.qemu   # QEMU itself, without memory_tracer
@@ -77,3 +80,39 @@ def test_bad_commands_get_errors_and_the_channel_stays_usable(paused_workload):
         control.set(trace_fifo_path="/tmp/x")
     control.set(log_of_GMBE_block_len=0, log_of_GMBE_tracing_ratio=64)
     assert control.counters()["num_of_dropped_events"] == 0
+
+
+def read_until_closed(sock):
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass   # reset: the plugin closed with commands unread
+
+
+def test_a_client_busy_on_the_channel_as_qemu_exits_does_not_kill_it(tmp_path):
+    """At exit the plugin shuts its control channel down, perhaps between a command and its reply;
+    the reply must not raise SIGPIPE, which qemu-x86_64 passes on to the guest: such a run died
+    before the plugin wrote its counters (14 runs of 15 here, with a client this busy)."""
+    for run in range(3):
+        socket_path, counters = tmp_path / f"control{run}.sock", tmp_path / f"counters{run}"
+        plugin = (f"{QEMU_DIR / 'libgmbeoo.so'},trace_fifo_path={tmp_path / 'never.fifo'},"
+                  f"control_socket_path={socket_path},counters_path={counters},enabled=off")
+        qemu = subprocess.Popen([str(QEMU_DIR / "qemu-x86_64"), "-plugin", plugin, str(PROGRAMS / "mem_loop"), "8192", "1"],
+                                stdout=subprocess.DEVNULL)
+        try:
+            client = connect_when_listening(str(socket_path), 30, lambda: qemu.poll() is None)
+            assert client is not None, "the plugin's control channel did not open"
+            replies = threading.Thread(target=read_until_closed, args=(client,))
+            replies.start()
+            try:
+                while qemu.poll() is None:   # commands queued all the time: one is in hand at the exit
+                    client.sendall(b"counters\n" * 64)
+            except OSError:
+                pass   # the plugin shut the channel down
+            assert qemu.wait(timeout=60) == 0
+            replies.join(timeout=30)
+            client.close()
+        finally:
+            qemu.kill()   # only if the test failed first
+        assert "num_of_events_written_to_trace_file" in parse_counters(counters.read_text()), "counters at exit"
