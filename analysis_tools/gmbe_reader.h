@@ -526,6 +526,7 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
     const char *slots = (const char *)ring + ring->data_offset;
     gmbe_record_size = ring->record_size;
     uint64_t mask = ring->capacity - 1;
+    uint64_t step = GMBE_RING_STEP_BYTES / gmbe_record_size;
     uint64_t tail = ring->tail;
     for (;;) {
         uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE);
@@ -539,7 +540,7 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
         }
         uint64_t start = tail & mask;
         uint64_t count = head - tail < ring->capacity - start ? head - tail : ring->capacity - start;
-        count = count < GMBE_RING_STEP_BYTES / gmbe_record_size ? count : GMBE_RING_STEP_BYTES / gmbe_record_size;
+        count = count < step ? count : step;
         gmbe_deliver(tool, slots + start * gmbe_record_size, count);
         tail += count;
         __atomic_store_n(&ring->tail, tail, __ATOMIC_RELEASE);
