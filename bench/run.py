@@ -89,6 +89,7 @@ SYSTEM = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(DEFAULT_QEMU_DIR)]
 DEBIAN_QEMU_DIR = BUILD_DIR / "bench" / "debian_qemu"
 MS = "tracing_duration_in_milliseconds"
 STEAL = "stolen_ms"            # over the whole memory_tracer run, not only its window
+WINDOW = "window_monotonic_s"  # the trace window's ends on the host's CLOCK_MONOTONIC
 STEAL_NOTED_MS = 100
 LACKEY_MAX_NATIVE_MS = 100
 FIRST_TOUCH_MIB = 64
@@ -161,9 +162,10 @@ def stolen_ms():
     return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def memory_tracer(args):
+def memory_tracer(args, prefix=()):
+    """One run of memory_tracer.py -v (under the prefix's command, e.g. a profiler): its figures."""
     stolen_before = stolen_ms()
-    result = subprocess.run([sys.executable, str(REPO / "memory_tracer.py"), *map(str, args), "-v"],
+    result = subprocess.run([*prefix, sys.executable, str(REPO / "memory_tracer.py"), *map(str, args), "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise SystemExit(f"memory_tracer.py {' '.join(map(str, args))} failed:\n{result.stderr[-2000:]}")
@@ -175,6 +177,9 @@ def memory_tracer(args):
     timings = re.search(r"timings \(s after starting QEMU\): (.*)", result.stderr)
     if timings:
         values.update({k: float(v) for k, v in (t.split("=") for t in timings.group(1).split())})
+    window = re.search(r"trace window on CLOCK_MONOTONIC: ([\d.]+) to ([\d.]+) s", result.stderr)
+    if window:
+        values[WINDOW] = [float(window.group(1)), float(window.group(2))]
     return values
 
 
@@ -199,19 +204,19 @@ def lackey(workload, data_dir):
     return {"tracing_duration_in_milliseconds": (time.monotonic() - start) * 1000}
 
 
-def run_mode(suite, mode, workload, data_dir):
+def run_mode(suite, mode, workload, data_dir, prefix=()):
     if mode == "native":
-        return memory_tracer(["dummy", "dummy", "dummy", "--dont_use_qemu", *workload.host_args(data_dir)])
+        return memory_tracer(["dummy", "dummy", "dummy", "--dont_use_qemu", *workload.host_args(data_dir)], prefix)
     if mode == "lackey":
         return lackey(workload, data_dir)
     if mode == "untraced Debian":
         debian = [str(DEFAULT_GUEST_IMAGE), DEFAULT_SNAPSHOT, str(debian_qemu_dir())]
         if suite == "system":
-            return memory_tracer([*debian, *QEMU_MODES[mode], *workload.guest_args()])
-        return memory_tracer(["--user_mode", *debian, *QEMU_MODES[mode], *workload.host_args(data_dir)])
+            return memory_tracer([*debian, *QEMU_MODES[mode], *workload.guest_args()], prefix)
+        return memory_tracer(["--user_mode", *debian, *QEMU_MODES[mode], *workload.host_args(data_dir)], prefix)
     if suite == "system":
-        return memory_tracer([*SYSTEM, *QEMU_MODES[mode], *workload.guest_args()])
-    return memory_tracer(["--user_mode", *QEMU_MODES[mode], *workload.host_args(data_dir)])
+        return memory_tracer([*SYSTEM, *QEMU_MODES[mode], *workload.guest_args()], prefix)
+    return memory_tracer(["--user_mode", *QEMU_MODES[mode], *workload.host_args(data_dir)], prefix)
 
 
 def modes_of(suite):

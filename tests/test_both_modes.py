@@ -1,7 +1,9 @@
 """What holds alike in user mode and in full system, run in both: sampling exactly as the
 original's formula says, --timeout, a crashing workload, the info words reaching the tool, and the
 accesses that QEMU's helpers make in blocks."""
+import re
 import subprocess
+import time
 
 import pytest
 
@@ -59,6 +61,20 @@ def test_timeout_stops_the_workload_and_keeps_its_records(traced):
     assert parse_sections(run.stdout)["tracing_duration"] >= 2000
     assert counts["num_of_records"] > 0
     assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_verbose_log_gives_the_window_on_the_monotonic_clock(tracer, mode):
+    """-v logs the trace window's ends on the host's CLOCK_MONOTONIC, by which bench/profile.py keeps
+    perf's samples of the window alone: within the run, and as long as the duration printed."""
+    before = time.monotonic()
+    run = tracer(*MODES[mode]("--workload_path_on_host", MEM_LOOP, "--workload_args", "4096 2", "--dont_trace", "-v"))
+    after = time.monotonic()
+    window = re.search(r"trace window on CLOCK_MONOTONIC: ([\d.]+) to ([\d.]+) s", run.stderr)
+    assert run.returncode == 0 and window, run.stderr
+    start, end = float(window[1]), float(window[2])
+    assert before < start < end < after
+    assert abs((end - start) * 1000 - parse_sections(run.stdout)["tracing_duration"]) <= 1
 
 
 @pytest.mark.parametrize("mode", MODES)
