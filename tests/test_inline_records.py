@@ -10,11 +10,13 @@ import subprocess
 import threading
 import time
 
+import pexpect
 import pytest
 
 from conftest import PROGRAMS, QEMU_DIR
 from memtracer.qemu.plugin_control import ControlChannel, parse_counters
 from memtracer.record import records_from_bytes
+from memtracer.run.workload import ProtocolSession
 from memtracer.trace.shm_ring import ShmRingReader, create_ring
 from memtracer.trace.trace_file import HEADER as TRACE_FILE_HEADER
 
@@ -179,6 +181,42 @@ def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, samplin
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
     assert_each_vcpus_records_are_its_files(records, files)
+
+
+def resident_bytes_of(pid, path):
+    """Bytes of the file at path that the process has mapped in and resident (/proc/PID/smaps)."""
+    resident, in_file = 0, False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
+                in_file = fields[-1] == str(path)
+            elif in_file and fields[0] == "Rss:":
+                resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.qemu
+def test_the_ring_is_mapped_in_whole_before_the_first_record(tmp_path):
+    """The plugin has the ring's pages made and mapped when it takes the ring (a full-system guest
+    is paused then), so that no record written in the window faults on a fresh page: empty_window,
+    waiting at its Enter, has written a few pages' worth of records, and the ring is resident all
+    the same."""
+    ring = tmp_path / "trace.ring"
+    capacity = 1 << 18
+    create_ring(ring, capacity=capacity)
+    with ShmRingReader(ring) as reader:
+        reader.attach()
+    child = pexpect.spawn(str(QEMU_DIR / "qemu-x86_64"), ["-plugin", f"{PLUGIN},trace_shm_path={ring},enabled=on",
+                          str(PROGRAMS / "empty_window")], echo=False, encoding="utf-8", timeout=30)
+    try:
+        session = ProtocolSession(child)
+        session.read_info()
+        assert resident_bytes_of(child.pid, ring) >= capacity * 16
+        session.release()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
 
 
 # Children that store while their parent, traced, stores too: each child inherits its parent's
