@@ -62,6 +62,7 @@ import instructions as bench_instructions  # noqa: E402
 import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
+from memtracer.run.window import window_in_log  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
@@ -177,9 +178,9 @@ def memory_tracer(args, prefix=()):
     timings = re.search(r"timings \(s after starting QEMU\): (.*)", result.stderr)
     if timings:
         values.update({k: float(v) for k, v in (t.split("=") for t in timings.group(1).split())})
-    window = re.search(r"trace window on CLOCK_MONOTONIC: ([\d.]+) to ([\d.]+) s", result.stderr)
+    window = window_in_log(result.stderr)
     if window:
-        values[WINDOW] = [float(window.group(1)), float(window.group(2))]
+        values[WINDOW] = list(window)
     return values
 
 

@@ -1,7 +1,6 @@
 """What holds alike in user mode and in full system, run in both: sampling exactly as the
 original's formula says, --timeout, a crashing workload, the info words reaching the tool, and the
 accesses that QEMU's helpers make in blocks."""
-import re
 import subprocess
 import time
 
@@ -9,6 +8,7 @@ import pytest
 
 from conftest import PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, parse_sections, system, trace_info, user_mode
 from memtracer.record import access_sizes, is_store
+from memtracer.run.window import window_in_log
 from memtracer.trace.trace_file import read_batches
 
 MODES = {"user": user_mode, "system": system}
@@ -70,9 +70,9 @@ def test_verbose_log_gives_the_window_on_the_monotonic_clock(tracer, mode):
     before = time.monotonic()
     run = tracer(*MODES[mode]("--workload_path_on_host", MEM_LOOP, "--workload_args", "4096 2", "--dont_trace", "-v"))
     after = time.monotonic()
-    window = re.search(r"trace window on CLOCK_MONOTONIC: ([\d.]+) to ([\d.]+) s", run.stderr)
+    window = window_in_log(run.stderr)
     assert run.returncode == 0 and window, run.stderr
-    start, end = float(window[1]), float(window[2])
+    start, end = window
     assert before < start < end < after
     assert abs((end - start) * 1000 - parse_sections(run.stdout)["tracing_duration"]) <= 1
 

@@ -5,6 +5,7 @@ the window closes. host_run.py (user mode, native), system_run.py (full system) 
 trace_start / trace_stop all open and close their windows through it."""
 import logging
 import os
+import re
 import select
 import subprocess
 import time
@@ -20,6 +21,16 @@ RUN_PLUGIN_KEYS = ("trace_fifo_path", "trace_shm_path", "trace_dir", "control_so
 POLL_SECONDS = 0.2   # how often a waiting run checks on the consumer and QEMU
 
 log = logging.getLogger(__name__)
+# The window's ends in the verbose log, on the host's CLOCK_MONOTONIC: what `perf record -k
+# CLOCK_MONOTONIC` stamps its samples with, so that bench/profile.py keeps the window's alone.
+WINDOW_LOG_PREFIX = "trace window on CLOCK_MONOTONIC: "
+WINDOW_LOG = re.compile(re.escape(WINDOW_LOG_PREFIX) + r"([\d.]+) to ([\d.]+) s")
+
+
+def window_in_log(text):
+    """The (start, end) that a verbose log logged for the trace window, or None."""
+    logged = WINDOW_LOG.search(text)
+    return (float(logged.group(1)), float(logged.group(2))) if logged else None
 
 
 def exited_within(process, seconds):
@@ -155,12 +166,10 @@ class TraceWindow:
                                   "unread): it stopped reading.")
 
     def stop_clock(self, result):
-        """tracing_duration_in_milliseconds: from the release to now. Its ends on the host's
-        CLOCK_MONOTONIC (what `perf record -k CLOCK_MONOTONIC` stamps samples with) go to the verbose
-        log, for profiles of the window alone (bench/profile.py)."""
+        """tracing_duration_in_milliseconds: from the release to now; its ends go to the verbose log."""
         now = time.monotonic()
         result.duration_ms = int((now - self._started) * 1000)
-        log.debug("trace window on CLOCK_MONOTONIC: %.6f to %.6f s", self._started, now)
+        log.debug("%s%.6f to %.6f s", WINDOW_LOG_PREFIX, self._started, now)
 
     def close(self, result, after_recording=lambda: None):
         """Recording ended, every record delivered and analysed: the counters, trace files and
