@@ -17,7 +17,6 @@ Needs Debian's linux-perf and root (perf records every CPU).
 import argparse
 import collections
 import os
-import random
 import re
 import shutil
 import statistics
@@ -97,8 +96,8 @@ def by_activity(profile):
 def table(modes, runs):
     """Median ms of the rounds, activity by activity, and each mode's difference from the first."""
     first = modes[0]
-    medians = {m: {a: statistics.median(by_activity(p)[a] for _, p in runs[m]) for a, _ in ACTIVITIES}
-               for m in modes}
+    totals = {m: [by_activity(profile) for _, profile in runs[m]] for m in modes}
+    medians = {m: {a: statistics.median(run[a] for run in totals[m]) for a, _ in ACTIVITIES} for m in modes}
     window = {m: statistics.median(ms for ms, _ in runs[m]) for m in modes}
     header = ["ms of CPU in the window", *modes, *[f"{m} - {first}" for m in modes[1:]]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -151,9 +150,7 @@ def main():
             parser.error(f"--workload {args.workload!r}: expected mem_loop, gzip, sort or xz")
         runs = {m: [] for m in args.modes}
         for round_index in range(args.rounds):
-            order = list(args.modes)
-            random.Random(round_index).shuffle(order)
-            for mode in order:
+            for mode in bench.round_order(args.modes, round_index):
                 print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
                 runs[mode].append(profiled_run(args.suite, mode, chosen[0], data_dir, scratch))
     print(f"{chosen[0].name}, {args.suite}: medians of {args.rounds} interleaved rounds under perf "
