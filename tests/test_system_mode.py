@@ -84,6 +84,24 @@ def test_workload_path_on_guest(tracer):
     assert analysis_counts(run.stdout)["cpl_3"] > 1000
 
 
+def test_the_guest_runs_no_ipv6(tracer, tmp_path):
+    """With IPv6, every resume of the snapshot went on with the guest's address set-up (duplicate
+    address detection, router solicitations, QEMU's router answering): thousands of blocks of kernel
+    code inside the trace window of some runs and not others. The built-in guest boots without it."""
+    script = tmp_path / "ipv6.sh"
+    script.write_text("#!/bin/sh\n"
+                      "echo '-----begin workload info-----'\n"
+                      "if [ -e /proc/net/if_inet6 ]; then echo ipv6; else echo no_ipv6; fi\n"
+                      "echo '-----end workload info-----'\n"
+                      "echo 'Ready to trace. Press enter to continue'\n"
+                      "read line\n"
+                      "echo 'Stop tracing'\n")
+    script.chmod(0o755)
+    run = tracer(*system("--workload_path_on_host", script, PROTOCOL, "--dont_trace"))
+    assert run.returncode == 0, run.stderr
+    assert parse_sections(run.stdout)["workload info"].strip() == "no_ipv6"
+
+
 def test_missing_workload_on_guest_is_one_clear_line(tracer):
     run = tracer(*system("--workload_path_on_guest", "/no/such/program", "--dont_trace"))
     assert run.returncode == 1

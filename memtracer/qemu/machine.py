@@ -172,7 +172,10 @@ def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, gra
                     "-device", f"virtserialport,bus=mt_virtio_serial.0,chardev=mt_port,name={VIRTIO_PORT_NAME}"]
     if profile.nic_model:
         # Port forwards are added at run time (hostfwd_add): they are not part of the saved state.
-        command += ["-nic", f"user,model={profile.nic_model}"]
+        # IPv4 only (SSH needs no more): QEMU's router otherwise advertises an IPv6 prefix to every
+        # resumed guest, which then sets up addresses and routes, inside the trace window or not
+        # depending on the run (some 2,000 blocks of kernel code in a full-system mem_loop window).
+        command += ["-nic", f"user,model={profile.nic_model},ipv6=off"]
     command += display_arguments(graphic)
     if plugin is not None:
         command += ["-plugin", plugin]
