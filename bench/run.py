@@ -94,6 +94,11 @@ WINDOW = "window_monotonic_s"  # the trace window's ends on the host's CLOCK_MON
 STEAL_NOTED_MS = 100
 LACKEY_MAX_NATIVE_MS = 100
 FIRST_TOUCH_MIB = 64
+# Free page reporting: a virtio balloon (device id 5) with feature bit 5 hands freed blocks of
+# 2^order pages back to its hypervisor.
+VIRTIO_BALLOON_DEVICE = "0x0005"
+BALLOON_F_REPORTING = 5
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black",
           "FIFO, other tool": "tab:pink", "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
@@ -278,11 +283,36 @@ def first_touch_mb_per_s():
         return size / 1e6 / (time.monotonic() - start)
 
 
-def first_touch_line(rates):
+def free_page_reporting_mib():
+    """The blocks, in MiB, in which this host's virtio balloon hands freed memory back to its
+    hypervisor (free page reporting: the hypervisor backs it again at its next first touch), 0 where
+    the size is not told, or None where no balloon does so."""
+    for device in Path("/sys/bus/virtio/devices").glob("*"):
+        try:
+            is_balloon = (device / "device").read_text().strip() == VIRTIO_BALLOON_DEVICE
+            features = (device / "features").read_text().strip()
+        except OSError:
+            continue
+        if is_balloon and features[BALLOON_F_REPORTING:BALLOON_F_REPORTING + 1] == "1":
+            try:
+                order = int(PAGE_REPORTING_ORDER.read_text())
+            except (OSError, ValueError):
+                return 0
+            return (mmap.PAGESIZE << order) >> 20
+    return None
+
+
+def first_touch_line(rates, reporting_mib):
+    if reporting_mib is None:
+        host = "No virtio balloon here hands freed memory back to a hypervisor (free page reporting)."
+    else:
+        blocks = f", in blocks of {reporting_mib} MiB" if reporting_mib else ""
+        host = (f"This host's virtio balloon hands freed memory back to its hypervisor (free page reporting{blocks}): "
+                "full-system QEMU's guest RAM is fresh in every run, and whether its first touches fault "
+                "through the hypervisor depends on how much of what the runs before freed it has taken back, "
+                "in untraced and traced runs alike.")
     return (f"Fresh memory at first touch ({FIRST_TOUCH_MIB} MiB mapped anew and written a page at a time, "
-            f"before each round): {min(rates):.0f}-{max(rates):.0f} MB/s, median {statistics.median(rates):.0f}. Full-system "
-            "QEMU's guest RAM is fresh in every run: where the host returns freed memory to its hypervisor, "
-            "each run's first touches of it fault through the hypervisor, in untraced and traced runs alike.")
+            f"before each round): {min(rates):.0f}-{max(rates):.0f} MB/s, median {statistics.median(rates):.0f}. {host}")
 
 
 def raw_pipe_records_per_second(rounds):
@@ -438,7 +468,7 @@ def main():
         lines += ["## Goals", "", *goals_lines(summaries), ""]
     header = [f"# memory_tracer benchmark{' (quick)' if args.quick else ''}", "", machine_line(rounds), ""]
     if touch_rates:
-        header += [first_touch_line(touch_rates), ""]
+        header += [first_touch_line(touch_rates, free_page_reporting_mib()), ""]
     text = "\n".join(header + lines)
     OUT.mkdir(exist_ok=True)
     (OUT / "results.md").write_text(text)
