@@ -12,7 +12,7 @@ import pytest
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, analysis_counts,
                       buffer_range, image_fingerprint, parse_sections, processes_mentioning,
                       promised_counts, system, trace_info, trace_into_fifo_reader)
-from memtracer import record
+from memtracer import protocol, record
 
 COUNT = TOOLS / "count"
 KNOWN = PROGRAMS / "known_accesses"
@@ -90,12 +90,12 @@ def test_the_guest_runs_no_ipv6(tracer, tmp_path):
     code inside the trace window of some runs and not others. The built-in guest boots without it."""
     script = tmp_path / "ipv6.sh"
     script.write_text("#!/bin/sh\n"
-                      "echo '-----begin workload info-----'\n"
+                      f"echo '{protocol.WORKLOAD_INFO_BEGIN}'\n"
                       "if [ -e /proc/net/if_inet6 ]; then echo ipv6; else echo no_ipv6; fi\n"
-                      "echo '-----end workload info-----'\n"
-                      "echo 'Ready to trace. Press enter to continue'\n"
+                      f"echo '{protocol.WORKLOAD_INFO_END}'\n"
+                      f"echo '{protocol.WORKLOAD_READY}'\n"
                       "read line\n"
-                      "echo 'Stop tracing'\n")
+                      f"echo '{protocol.WORKLOAD_STOP}'\n")
     script.chmod(0o755)
     run = tracer(*system("--workload_path_on_host", script, PROTOCOL, "--dont_trace"))
     assert run.returncode == 0, run.stderr
