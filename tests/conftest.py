@@ -136,6 +136,13 @@ def tracer(private_tmp):
     return run
 
 
+def executable(path, text):
+    """A script written at path and made executable (a workload, a tool); returns the path."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
 def user_mode(*args):
     return ["--user_mode", *args]
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import PROGRAMS, QEMU_DIR, TOOLS, parse_sections, system, user_mode
+from conftest import PROGRAMS, QEMU_DIR, TOOLS, executable, parse_sections, system, user_mode
 
 NO_DISPLAY = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
 PROTOCOL = "--dont_add_communications_with_host_to_workload"
@@ -16,12 +16,6 @@ MODES = {
     "user": lambda *args: user_mode(*args),
     "native": lambda *args: ["--dont_use_qemu", "dummy", "dummy", "dummy", *args],
 }
-
-
-def executable(path, text):
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 def test_bash_script_runs_in_the_guest(tracer, tmp_path):

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (BUILD, PROGRAMS, REPO, TEST_TOOLS, TOOLS, parse_sections, processes_mentioning,
-                      promised_counts, system, user_mode)
+from conftest import (BUILD, PROGRAMS, REPO, TEST_TOOLS, TOOLS, executable, parse_sections,
+                      processes_mentioning, promised_counts, system, user_mode)
 from memtracer.record import CPL_SHIFT, STORE_BIT, is_marker
 from memtracer.trace.trace_file import TraceHeader, read_batches
 
@@ -243,13 +243,12 @@ def test_ssh_sends_a_directory_and_runs_from_it_with_a_key(tracer, tmp_path):
     (files / "sub").mkdir(parents=True)
     (files / "data.bin").write_bytes(os.urandom(200_000))
     (files / "sub" / "note.txt").write_text("a file in a subdirectory\n")
-    script = files / "check.sh"
-    script.write_text("#!/bin/sh\necho -----begin workload info-----\n"
-                      "cd /root/workload && find . -type f | sort | while read f; do "
-                      "echo \"$f=$(sha256sum < \"$f\" | cut -d' ' -f1)\"; done\n"
-                      "echo -----end workload info-----\necho Ready to trace. Press enter to continue\nread line\n"
-                      "cat data.bin > /dev/null\necho Stop tracing\n")
-    script.chmod(0o755)
+    executable(files / "check.sh",
+               "#!/bin/sh\necho -----begin workload info-----\n"
+               "cd /root/workload && find . -type f | sort | while read f; do "
+               "echo \"$f=$(sha256sum < \"$f\" | cut -d' ' -f1)\"; done\n"
+               "echo -----end workload info-----\necho Ready to trace. Press enter to continue\nread line\n"
+               "cat data.bin > /dev/null\necho Stop tracing\n")
     run = tracer(*system("--ssh_key", SSH_KEY, "--workload_files", files, "--workload_path_on_guest",
                          "/root/workload/check.sh", "--dont_add_communications_with_host_to_workload",
                          "--analysis_tool_path", TOOLS / "count"))

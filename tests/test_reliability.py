@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
-                      image_fingerprint, processes_mentioning, system, trace_info, user_mode)
+                      executable, image_fingerprint, processes_mentioning, system, trace_info, user_mode)
 from memtracer.qemu.guest_channel import ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, encode_frame
 
 KNOWN = PROGRAMS / "known_accesses"
@@ -548,9 +548,7 @@ def test_our_stdin_reaches_the_workload_and_ends(tracer, tmp_path, mode, protoco
     # Seven lines in, the workload's exit code says how many it read; from /dev/null, none (and
     # no hang: a full-system workload's stdin used to be a guest terminal nobody fed).
     if protocol:
-        script = tmp_path / "count_lines.sh"
-        script.write_text(LINE_COUNTER)
-        script.chmod(0o755)
+        script = executable(tmp_path / "count_lines.sh", LINE_COUNTER)
         workload = ["--workload_path_on_host", script, PROTOCOL]
     elif mode == "system":
         workload = ["--workload_path_on_guest", "/bin/sh", "--workload_args", "-c 'exit $(wc -l)'"]

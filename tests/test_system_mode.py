@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, analysis_counts,
-                      buffer_range, image_fingerprint, parse_sections, processes_mentioning,
+                      buffer_range, executable, image_fingerprint, parse_sections, processes_mentioning,
                       promised_counts, system, trace_info, trace_into_fifo_reader)
 from memtracer import protocol, record
 
@@ -88,15 +88,14 @@ def test_the_guest_runs_no_ipv6(tracer, tmp_path):
     """With IPv6, every resume of the snapshot went on with the guest's address set-up (duplicate
     address detection, router solicitations, QEMU's router answering): thousands of blocks of kernel
     code inside the trace window of some runs and not others. The built-in guest boots without it."""
-    script = tmp_path / "ipv6.sh"
-    script.write_text("#!/bin/sh\n"
-                      f"echo '{protocol.WORKLOAD_INFO_BEGIN}'\n"
-                      "if [ -e /proc/net/if_inet6 ]; then echo ipv6; else echo no_ipv6; fi\n"
-                      f"echo '{protocol.WORKLOAD_INFO_END}'\n"
-                      f"echo '{protocol.WORKLOAD_READY}'\n"
-                      "read line\n"
-                      f"echo '{protocol.WORKLOAD_STOP}'\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "ipv6.sh",
+                        "#!/bin/sh\n"
+                        f"echo '{protocol.WORKLOAD_INFO_BEGIN}'\n"
+                        "if [ -e /proc/net/if_inet6 ]; then echo ipv6; else echo no_ipv6; fi\n"
+                        f"echo '{protocol.WORKLOAD_INFO_END}'\n"
+                        f"echo '{protocol.WORKLOAD_READY}'\n"
+                        "read line\n"
+                        f"echo '{protocol.WORKLOAD_STOP}'\n")
     run = tracer(*system("--workload_path_on_host", script, PROTOCOL, "--dont_trace"))
     assert run.returncode == 0, run.stderr
     assert parse_sections(run.stdout)["workload info"].strip() == "no_ipv6"
