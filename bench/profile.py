@@ -31,6 +31,7 @@ import run as bench  # noqa: E402  (makes this python3 the project environment's
 SAMPLES_PER_SECOND = 2000       # per CPU: each sample stands for half a millisecond of one CPU
 DEFAULT_MODES = ["untraced", "sampled 1/1024", "traced"]
 TOP_SYMBOLS = 12
+WORKLOADS = "mem_loop, gzip, sort or xz"   # the first words of bench/run.py's workloads
 # What the host was doing, by the sample's thread, symbol and binary; the first match wins.
 QEMU_THREAD = re.compile(r"^(qemu|CPU \d|vCPU|call_rcu|worker)")
 ACTIVITIES = [
@@ -133,8 +134,8 @@ def main():
     parser.add_argument("modes", nargs="*", default=DEFAULT_MODES, metavar="MODE",
                         help=f"bench/run.py's modes (default: {', '.join(DEFAULT_MODES)}); the first is the reference")
     parser.add_argument("--suite", choices=["system", "user"], default="system")
-    parser.add_argument("--workload", default="sort", help="the first word of a bench/run.py workload: mem_loop, "
-                                                           "gzip, sort or xz (default sort)")
+    parser.add_argument("--workload", default="sort", help=f"the first word of a bench/run.py workload: {WORKLOADS} "
+                                                           "(default sort)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     args = parser.parse_args()
     unknown = [m for m in args.modes if m not in bench.QEMU_MODES]
@@ -147,7 +148,7 @@ def main():
     with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as scratch:
         chosen = [w for w in bench.workloads(args.suite, False, data_dir) if w.name.split()[0] == args.workload]
         if not chosen:
-            parser.error(f"--workload {args.workload!r}: expected mem_loop, gzip, sort or xz")
+            parser.error(f"--workload {args.workload!r}: expected {WORKLOADS}")
         runs = {m: [] for m in args.modes}
         for round_index in range(args.rounds):
             for mode in bench.round_order(args.modes, round_index):
