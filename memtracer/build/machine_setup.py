@@ -50,9 +50,12 @@ QEMU_TARGETS = {"qemu-system-x86_64": "x86_64-softmmu", "qemu-x86_64": "x86_64-l
 # Debian's firmware (its "+ds" source has none): the very ROMs of Debian's own QEMU, so a snapshot
 # saved by either loads in the other.
 QEMU_FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
+# Link-time optimization lets the compiler inline across QEMU's files (the translator's passes, the
+# guest TLB's slow path, the look-up of the next block): untraced full-system sort ran 4% faster,
+# sampled 4% too, for no longer a build on 2 cores.
 QEMU_CONFIGURE = [f"--target-list={','.join(QEMU_TARGETS.values())}", "--enable-plugins", "--enable-slirp",
-                  "--disable-docs", "--disable-tools", "--disable-werror", "--disable-download", "--disable-rust",
-                  "--disable-install-blobs", f"--firmwarepath={QEMU_FIRMWARE_PATH}"]
+                  "--enable-lto", "--disable-docs", "--disable-tools", "--disable-werror", "--disable-download",
+                  "--disable-rust", "--disable-install-blobs", f"--firmwarepath={QEMU_FIRMWARE_PATH}"]
 
 
 # ----------------------------------------------------------------- QEMU and its source
