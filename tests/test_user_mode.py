@@ -1,10 +1,12 @@
 """End to end in user mode: the real qemu-x86_64, the real GMBEOO plugin, real FIFOs and tools."""
 import os
 import subprocess
+import time
 
 import numpy as np
+import pytest
 
-from conftest import (PROGRAMS, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, parse_sections,
+from conftest import (PROGRAMS, QEMU_DIR, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, parse_sections,
                       promised_counts, trace_info, trace_into_fifo_reader, user_mode)
 from memtracer import record
 from memtracer.trace.fifo import pipe_max_size
@@ -175,3 +177,35 @@ def test_children_of_a_forking_workload_are_said_to_be_untraced(tracer, tmp_path
     assert run.stderr.strip() == ("memory_tracer.py: the workload forked 5 child processes while it was traced; "
                                   "in --user_mode only the process memory_tracer started is traced (its children "
                                   "ran untraced; full-system mode traces every process).")
+
+
+def code_buffer_resident_bytes(pid):
+    """Resident bytes of the process's largest read-write-execute mapping: QEMU's code buffer."""
+    mappings, current = [], None
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = [end - start, 0] if fields[1] == "rwxp" else None
+                if current:
+                    mappings.append(current)
+            elif current and fields[0] == "Rss:":
+                current[1] = int(fields[1]) * 1024
+    return max(mappings)[1] if mappings else 0
+
+
+@pytest.mark.qemu
+def test_the_code_buffer_is_populated_ahead_of_the_translator():
+    """The patched QEMU populates its code buffer well ahead of what it has translated, so that the
+    guest's run does not stop where the translator reaches a fresh huge page: sleep translates a
+    few hundred blocks (well under 1 MiB of code), and some 32 MiB are resident."""
+    sleeper = subprocess.Popen([QEMU_DIR / "qemu-x86_64", "/bin/sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while code_buffer_resident_bytes(sleeper.pid) < 16 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code_buffer_resident_bytes(sleeper.pid) >= 16 << 20
+    finally:
+        sleeper.kill()
+        sleeper.wait()

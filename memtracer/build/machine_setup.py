@@ -140,7 +140,7 @@ def build_patched_qemu(source):
     if not (stamp.exists() and stamp.read_text() == settings):
         shutil.rmtree(QEMU_BUILD_DIR, ignore_errors=True)
         QEMU_BUILD_DIR.mkdir(parents=True)
-        step("QEMU with GMBEOO's patch: configuring (about 25 s)")
+        step("QEMU with GMBEOO's patches: configuring (about 25 s)")
         run([str(source / "configure"), f"--python={sys.executable}", *QEMU_CONFIGURE], cwd=QEMU_BUILD_DIR)
         stamp.write_text(settings)
     binaries = [QEMU_BUILD_DIR / name for name in QEMU_TARGETS]
@@ -148,14 +148,14 @@ def build_patched_qemu(source):
     built_before = [b.stat().st_mtime_ns if b.exists() else None for b in binaries]
     started = time.monotonic()
     if None in built_before:
-        step("QEMU with GMBEOO's patch: compiling qemu-system-x86_64 and qemu-x86_64 "
+        step("QEMU with GMBEOO's patches: compiling qemu-system-x86_64 and qemu-x86_64 "
              "(about 6 minutes on 2 cores)")
-    run_with_progress(["ninja", *QEMU_TARGETS], QEMU_BUILD_DIR, "QEMU with GMBEOO's patch")
+    run_with_progress(["ninja", *QEMU_TARGETS], QEMU_BUILD_DIR, "QEMU with GMBEOO's patches")
     if [b.stat().st_mtime_ns for b in binaries] == built_before:
-        step("QEMU with GMBEOO's patch: up to date")
+        step("QEMU with GMBEOO's patches: up to date")
     else:
         minutes, seconds = divmod(round(time.monotonic() - started), 60)
-        step(f"QEMU with GMBEOO's patch: built in {minutes} min {seconds} s")
+        step(f"QEMU with GMBEOO's patches: built in {minutes} min {seconds} s")
     return binaries
 
 
