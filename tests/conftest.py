@@ -136,6 +136,20 @@ def tracer(private_tmp):
     return run
 
 
+def mappings_of(pid):
+    """The process's memory mappings (/proc/PID/smaps), each as (the fields of its first line: range,
+    permissions, offset, device, inode and maybe a path; its resident bytes)."""
+    mappings = []
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
+                mappings.append([fields, 0])
+            elif mappings and fields[0] == "Rss:":
+                mappings[-1][1] = int(fields[1]) * 1024
+    return [tuple(m) for m in mappings]
+
+
 def executable(path, text):
     """A script written at path and made executable (a workload, a tool); returns the path."""
     path.write_text(text)

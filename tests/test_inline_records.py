@@ -13,7 +13,7 @@ import time
 import pexpect
 import pytest
 
-from conftest import PROGRAMS, QEMU_DIR
+from conftest import PROGRAMS, QEMU_DIR, mappings_of
 from memtracer.qemu.plugin_control import ControlChannel, parse_counters
 from memtracer.record import records_from_bytes
 from memtracer.run.workload import ProtocolSession
@@ -184,16 +184,8 @@ def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, samplin
 
 
 def resident_bytes_of(pid, path):
-    """Bytes of the file at path that the process has mapped in and resident (/proc/PID/smaps)."""
-    resident, in_file = 0, False
-    with open(f"/proc/{pid}/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
-                in_file = fields[-1] == str(path)
-            elif in_file and fields[0] == "Rss:":
-                resident += int(fields[1]) * 1024
-    return resident
+    """Bytes of the file at path that the process has mapped in and resident."""
+    return sum(resident for fields, resident in mappings_of(pid) if fields[-1] == str(path))
 
 
 @pytest.mark.qemu

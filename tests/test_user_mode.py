@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (PROGRAMS, QEMU_DIR, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, parse_sections,
-                      promised_counts, trace_info, trace_into_fifo_reader, user_mode)
+from conftest import (PROGRAMS, QEMU_DIR, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, mappings_of,
+                      parse_sections, promised_counts, trace_info, trace_into_fifo_reader, user_mode)
 from memtracer import record
 from memtracer.trace.fifo import pipe_max_size
 
@@ -181,18 +181,11 @@ def test_children_of_a_forking_workload_are_said_to_be_untraced(tracer, tmp_path
 
 def code_buffer_resident_bytes(pid):
     """Resident bytes of the process's largest read-write-execute mapping: QEMU's code buffer."""
-    mappings, current = [], None
-    with open(f"/proc/{pid}/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                current = [end - start, 0] if fields[1] == "rwxp" else None
-                if current:
-                    mappings.append(current)
-            elif current and fields[0] == "Rss:":
-                current[1] = int(fields[1]) * 1024
-    return max(mappings)[1] if mappings else 0
+    def size(fields):
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        return end - start
+    code = [(size(fields), resident) for fields, resident in mappings_of(pid) if fields[1] == "rwxp"]
+    return max(code)[1] if code else 0
 
 
 @pytest.mark.qemu
