@@ -4,14 +4,13 @@ import errno
 import logging
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import traceback
 import warnings
-from contextlib import contextmanager
 
 from .errors import BadInputError, Interrupted, MemoryTracerError
+from .interrupts import ending_signals_unwind
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
 from .run.host import HostRun
 from .run.report import format_report
@@ -325,19 +324,6 @@ def _system_run_plan(args, settings, workload_args):
     return _run_request(args, settings, None), qemu_dir, target
 
 
-@contextmanager
-def sigterm_as_interrupt(program="memory_tracer.py"):
-    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so every cleanup runs."""
-    def raise_interrupted(signum, frame):
-        raise Interrupted(f"{program}: stopped by {signal.Signals(signum).name}.")
-    previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -349,7 +335,7 @@ def main(argv=None):
     # still ends cleanly, and Python's warning about it would only bury our one line.
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     try:
-        with sigterm_as_interrupt():
+        with ending_signals_unwind("memory_tracer.py"):
             request, qemu_dir, target = validate(parser, args)
             if target is None:
                 result = HostRun(request, qemu_dir).run()

@@ -6,8 +6,8 @@ from ..environment import use_project_environment
 
 use_project_environment()   # any python3 may start it, like memory_tracer.py
 
-from ..cli import sigterm_as_interrupt  # noqa: E402
 from ..errors import BadInputError, Interrupted  # noqa: E402
+from ..interrupts import ending_signals_unwind  # noqa: E402
 
 PROGRAM = "memtracer.campaign"
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -60,7 +60,7 @@ def query_command(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_as_interrupt(PROGRAM):
+        with ending_signals_unwind(PROGRAM):
             return {"run": run_command, "query": query_command}[args.command](args)
     except BadInputError as exc:
         print(f"{PROGRAM}: {exc}", file=sys.stderr)
