@@ -9,6 +9,7 @@ import tempfile
 import traceback
 import warnings
 
+from .echo import say
 from .errors import BadInputError, Interrupted, MemoryTracerError
 from .interrupts import ending_signals_unwind
 from .layout import DEFAULT_GUEST_IMAGE, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, MAX_SMP, QemuDir, builtin_guest_image
@@ -347,15 +348,15 @@ def main(argv=None):
                     if target.keep_qemu:
                         system_run.hand_over()
     except Interrupted as exc:
-        print(exc, file=sys.stderr)
+        say(exc)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("memory_tracer.py: interrupted.", file=sys.stderr)
+        say("memory_tracer.py: interrupted.")
         return EXIT_INTERRUPTED
     except MemoryTracerError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(exc, file=sys.stderr)
+        say(exc)
         return EXIT_ERROR
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
@@ -365,7 +366,7 @@ def main(argv=None):
         where = exc.filename or f"the temporary directory {tempfile.gettempdir()}"
         advice = ("free some space there, or set TMPDIR to a directory with room" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                   else "run as a user who may write there (for temporary files: set TMPDIR to a directory of yours)")
-        print(f"memory_tracer.py: cannot write {where}: {exc.strerror}; {advice}.", file=sys.stderr)
+        say(f"memory_tracer.py: cannot write {where}: {exc.strerror}; {advice}.")
         return EXIT_ERROR
     except Exception as exc:  # a bug of ours: still one line, the traceback only with -v
         return internal_error(exc, args)
@@ -377,7 +378,7 @@ def main(argv=None):
 def internal_error(exc, args):
     if args.verbose:
         traceback.print_exc()
-    print(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)", file=sys.stderr)
+    say(f"memory_tracer.py: internal error: {exc!r} (run with -v for the traceback)")
     return EXIT_ERROR
 
 
@@ -385,8 +386,8 @@ def print_report(result, args):
     sys.stdout.write(format_report(result, args.print_trace_info))
     sys.stdout.flush()
     for note in result.notes:
-        print(f"memory_tracer.py: {note}", file=sys.stderr)
+        say(f"memory_tracer.py: {note}")
     if result.workload_problem:
-        print(f"memory_tracer.py: {result.workload_problem}", file=sys.stderr)
+        say(f"memory_tracer.py: {result.workload_problem}")
     if result.trace_problem:
-        print(f"memory_tracer.py: {result.trace_problem}", file=sys.stderr)
+        say(f"memory_tracer.py: {result.trace_problem}")

@@ -9,11 +9,11 @@ traced or not) or natively (--dont_use_qemu). Both follow the same two flows:
 import logging
 import os
 import subprocess
-import sys
 from contextlib import ExitStack
 
 import pexpect
 
+from ..echo import CHILD_OUTPUT
 from ..errors import ControlChannelError, QemuError
 from ..lifetime import ending_with_us, private_directory
 from ..qemu.plugin_control import ControlChannel, parse_counters
@@ -105,7 +105,7 @@ class HostRun:
         window.stop_clock(self.result)
         window.close(self.result, after_recording=lambda: _kill(self.process))
         if self.request.verbose:
-            sys.stderr.write(self._workload_output())
+            CHILD_OUTPUT.write(self._workload_output())
         if not exited:
             self.result.notes.append(f"the workload was stopped after --timeout {self.request.timeout:g} s.")
         else:   # Popen's returncode: the exit code, or minus the signal's number
@@ -138,7 +138,7 @@ class HostRun:
         spawned = ending_with_us(command)
         child = pexpect.spawn(spawned[0], spawned[1:], echo=False, encoding="utf-8",
                               codec_errors="replace", timeout=None, cwd=self._workload_dir())
-        child.logfile_read = sys.stderr if self.request.verbose else None
+        child.logfile_read = CHILD_OUTPUT if self.request.verbose else None
         cleanup.callback(child.close, force=True)
         if self.request.traced:
             self._connect_control(child.isalive)

@@ -10,13 +10,13 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 from ..build.builtin_image import build_smp_guest_image
+from ..echo import CHILD_OUTPUT
 from ..errors import BadInputError, QemuError, WorkloadError
 from ..lifetime import private_directory
 from ..qemu.guest_channel import GuestChannel
@@ -156,7 +156,7 @@ class SystemRun:
                                         wrap=not self.request.follow_protocol, timeout=REQUEST_TIMEOUT_SECONDS)
         self._cleanup.callback(self.process.close)
         if self.request.verbose:
-            self.process.logfile_read = sys.stderr   # the workload's own output, as in user mode
+            self.process.logfile_read = CHILD_OUTPUT   # the workload's own output, as in user mode
         self.timings["workload_started"] = time.monotonic() - started
         log.debug("timings (s after starting QEMU): %s",
                   " ".join(f"{k}={v:.3f}" for k, v in self.timings.items()))

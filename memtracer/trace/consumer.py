@@ -3,9 +3,9 @@ reader the user runs on their own FIFO."""
 import contextlib
 import logging
 import os
-import sys
 import time
 
+from ..echo import CHILD_OUTPUT
 from ..errors import AnalysisToolError, TraceFifoError
 from ..lifetime import ring_directory
 from .fifo import TraceFifo
@@ -158,7 +158,7 @@ class ToolConsumer:
 
     def start(self, info_words):
         self.tool = ToolProcess(self.tool_path, self.transport.path, info_words,
-                                 echo_to=sys.stderr if self.verbose else None, extra_args=self.tool_args,
+                                 echo_to=CHILD_OUTPUT if self.verbose else None, extra_args=self.tool_args,
                                  environment=dict(os.environ, **self.settings.tool_variables(),
                                                   **self.transport.environment))
         self.tool.start(READY_TIMEOUT_SECONDS)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""An analysis tool that reads the trace but, on SIGUSR1, never prints the end marker."""
+"""An analysis tool that reads the trace but, on SIGUSR1, never prints the end marker: it stops
+half-way through its first line of results."""
 import os
 import signal
 import sys
@@ -7,7 +8,7 @@ import time
 
 
 def half_a_report(signum, frame):
-    print("-----begin analysis output-----", flush=True)
+    print("-----begin analysis output-----\nrecords:", end="", flush=True)
     time.sleep(3600)
 
 
