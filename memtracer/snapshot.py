@@ -17,12 +17,14 @@ from .environment import use_project_environment
 
 use_project_environment()   # `python3 -m memtracer.snapshot` with any python3 runs inside build/venv
 
-from .errors import MemoryTracerError, QemuError  # noqa: E402
+from .errors import Interrupted, MemoryTracerError, QemuError  # noqa: E402
+from .interrupts import ending_signals_unwind  # noqa: E402
 from .layout import MAX_SMP, DEFAULT_GUEST_RAM_MB, DEFAULT_QEMU_DIR, DEFAULT_SNAPSHOT, QemuDir  # noqa: E402
 from .lifetime import private_directory  # noqa: E402
 from .qemu.guest_channel import GuestChannel  # noqa: E402
 from .qemu.machine import PINNED_MACHINE, VIRTIO_PORT_NAME, MachineProfile, QemuMachine  # noqa: E402
 
+PROGRAM = "memtracer.snapshot"
 BOOT_TIMEOUT_SECONDS = 300
 SETTLE_SECONDS = 1.0   # let the guest finish what it does right after boot, as the original advised
 
@@ -60,7 +62,7 @@ def save_ready_snapshot(image_path, qemu_dir, snapshot_name=DEFAULT_SNAPSHOT, ra
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python3 -m memtracer.snapshot", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python3 -m {PROGRAM}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", help="qcow2 image whose guest starts the runner at boot")
     parser.add_argument("--snapshot_name", default=DEFAULT_SNAPSHOT)
@@ -80,15 +82,19 @@ def main(argv=None):
         print(f"smp must be in range [1, {MAX_SMP}], but {args.smp} isn't.", file=sys.stderr)
         return 1
     try:
-        qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system")
-        save_ready_snapshot(args.image, qemu_dir, args.snapshot_name, args.guest_RAM_in_MBs,
-                            args.virtio_serial, progress=lambda m: print(m, file=sys.stderr),
-                            boot_timeout=args.boot_timeout, smp=args.smp, nic_model=args.nic_model)
+        with ending_signals_unwind(PROGRAM):
+            qemu_dir = QemuDir(args.qemu_with_GMBEOO_path).require("qemu_system")
+            save_ready_snapshot(args.image, qemu_dir, args.snapshot_name, args.guest_RAM_in_MBs,
+                                args.virtio_serial, progress=lambda m: print(m, file=sys.stderr),
+                                boot_timeout=args.boot_timeout, smp=args.smp, nic_model=args.nic_model)
     except MemoryTracerError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
+        print(f"{PROGRAM}: interrupted.", file=sys.stderr)
         return 130
     print(f"saved snapshot {args.snapshot_name!r} in {args.image}")
     return 0

@@ -300,6 +300,26 @@ def test_a_signal_that_another_thread_takes_still_ends_the_run(private_tmp):
     assert stderr.strip().splitlines()[-1] == "memory_tracer.py: stopped by SIGTERM."
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_a_snapshot_is_made_cleans_up(private_tmp, tmp_path, signum):
+    image = tmp_path / "image.qcow2"
+    shutil.copyfile(GUEST_IMAGE, image)
+    run = subprocess.Popen([sys.executable, "-m", "memtracer.snapshot", str(image), "--virtio_serial"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in run.stderr:
+        if "booting the guest" in line:
+            break
+    run.send_signal(signum)
+    try:
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] in ("memtracer.snapshot: interrupted.",
+                                               "memtracer.snapshot: stopped by SIGTERM.")
+    assert processes_mentioning(str(image)) == []   # and private_tmp checks its directory went
+
+
 # ----------------------------------------------------------------- the guest channel, fuzzed
 
 def valid_frames():
