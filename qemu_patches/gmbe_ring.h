@@ -15,6 +15,8 @@
  * in GMBE_RING_ENV beside the FIFO of argv[1], and sets `attached` before it
  * prints "Ready to analyze"; the plugin then writes to the ring, and the FIFO
  * is left alone. Any other tool reads the FIFO, as the original protocol says.
+ * When memory_tracer lets the ring go it sets `abandoned`, which frees a
+ * producer waiting for room from a reader that died.
  */
 #ifndef GMBE_RING_H
 #define GMBE_RING_H
@@ -34,6 +36,9 @@ struct gmbe_ring_header {
     uint64_t head __attribute__((aligned(64)));   /* written by the producer only */
     uint64_t tail __attribute__((aligned(64)));   /* written by the consumer only */
     uint32_t attached __attribute__((aligned(64)));  /* set by a tool that reads the ring */
+    /* Set by memory_tracer when it lets the ring go (the run ended, or its reader died): a
+     * producer waiting for room then gives up rather than wait for ever. */
+    uint32_t abandoned __attribute__((aligned(64)));
 };
 
 #endif

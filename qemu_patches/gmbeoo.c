@@ -265,13 +265,28 @@ static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
 
 /* ------------------------------------------------------- writing the trace */
 
-/* Free records in the ring; waits for at least `wanted` (20 us at a time) if it may block. */
+static void trace_failed(const char *what)
+{
+    if (!trace_broken) {
+        fprintf(stderr, "gmbeoo: writing to the %s failed (%s); no further records are written\n",
+                what, strerror(errno));
+    }
+    trace_broken = true;
+}
+
+/* Free records in the ring; waits for at least `wanted` (20 us at a time) if it may block,
+ * unless memory_tracer has let the ring go. */
 static uint64_t ring_room(uint64_t wanted, bool may_block)
 {
     for (;;) {
         uint64_t used = shm_ring->head - __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
         uint64_t room = shm_ring->capacity - used;
         if (room >= wanted || !may_block) {
+            return room;
+        }
+        if (__atomic_load_n(&shm_ring->abandoned, __ATOMIC_ACQUIRE)) {
+            errno = EPIPE;
+            trace_failed("shared-memory ring (memory_tracer let it go)");
             return room;
         }
         struct timespec pause = { 0, 20000 };
@@ -304,15 +319,6 @@ static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
         left -= count;
     }
     return true;
-}
-
-static void trace_failed(const char *what)
-{
-    if (!trace_broken) {
-        fprintf(stderr, "gmbeoo: writing to the %s failed (%s); no further records are written\n",
-                what, strerror(errno));
-    }
-    trace_broken = true;
 }
 
 /* Writes len bytes of whole records to fd (or the ring); false when it gave up. */

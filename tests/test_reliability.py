@@ -282,6 +282,7 @@ def test_signal_at_each_phase_cleans_up(private_tmp, phase, signum):
     assert run.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] in ("memory_tracer.py: interrupted.",
                                                "memory_tracer.py: stopped by SIGTERM.")
+    assert "QEMU did not quit" not in stderr   # no vCPU left waiting for room from a reader gone
     assert processes_mentioning(str(private_tmp)) == []
 
 

@@ -101,6 +101,7 @@ class RingTransport:
             time.sleep(0.001)
 
     def close(self):
+        self.ring.abandon()
         self.ring.close()
         with contextlib.suppress(FileNotFoundError):   # closed before
             os.unlink(self.path)

@@ -14,7 +14,7 @@ from ..record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 MAGIC = b"GMBERNG\n"
 VERSION = 1
 PREFIX = struct.Struct("<8sIIQQ")     # magic, version, record size, capacity, data offset
-HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET = 64, 128, 192
+HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET, ABANDONED_OFFSET = 64, 128, 192, 256
 # Under memory_tracer, the ring's path beside the FIFO: a tool that can read it attaches to it.
 RING_ENV = "GMBE_TRACE_RING"
 DATA_OFFSET = 4096
@@ -91,6 +91,11 @@ class ShmRing:
 
     def pending(self):
         return self.head - self.tail
+
+    def abandon(self):
+        """memory_tracer lets the ring go: a producer waiting for room gives up (its reader may be
+        dead) and writes no more."""
+        self.map[ABANDONED_OFFSET] = 1
 
     def close(self):
         self.records = self._head = self._tail = None   # the views go before the mapping
