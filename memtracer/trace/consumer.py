@@ -101,9 +101,11 @@ class RingTransport:
             time.sleep(0.001)
 
     def close(self):
+        if self.ring.map.closed:   # closed before: let go already
+            return
         self.ring.abandon()
         self.ring.close()
-        with contextlib.suppress(FileNotFoundError):   # closed before
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
 
