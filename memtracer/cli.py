@@ -330,8 +330,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="memory_tracer: %(message)s", stream=sys.stderr)
-    for noisy in ("qemu.qmp", "asyncio", "paramiko"):   # their protocol dumps drown ours
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    # Their protocol dumps drown ours, and what goes wrong reaches us as exceptions (qemu.qmp even
+    # logs as critical its own state after a Ctrl-C in its handshake).
+    for noisy in ("qemu.qmp", "asyncio", "paramiko"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL + 1)
     # Ctrl-C or SIGTERM during a QMP command leaves qemu.qmp's coroutine unawaited; the run
     # still ends cleanly, and Python's warning about it would only bury our one line.
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)

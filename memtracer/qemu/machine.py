@@ -5,6 +5,7 @@ loadvm fails unless RAM size, machine type, default devices and -smp match what 
 both go through `qemu_command`, and what an image was saved with is written beside it
 (`<image>.memory_tracer.json`, see MachineProfile).
 """
+import contextlib
 import functools
 import json
 import logging
@@ -329,6 +330,12 @@ class QemuMachine:
                 qmp.connect(negotiate=True)
                 qmp.settimeout(QMP_TIMEOUT_SECONDS)
                 return qmp
+            except KeyboardInterrupt:
+                # Ctrl-C or SIGTERM in the handshake: closed now, rather than by the garbage
+                # collector at exit, whose try fails loudly after our last line.
+                with contextlib.suppress(Exception):
+                    qmp.close()
+                raise
             except (OSError, QMPError) as exc:
                 qmp.close()
                 if not self.is_alive():
