@@ -42,8 +42,8 @@ def ending_signals_unwind(program):
 
     previous = {s: signal.signal(s, raise_in_main_thread) for s in ENDING_SIGNALS}
     previous[KNOCK] = signal.signal(KNOCK, lambda signum, frame: None)
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    os.set_blocking(read_fd, True)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_fd, False)   # Python's wakeup fd must never block a signal handler
     previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     watcher = threading.Thread(target=_knock_until_handled, args=(read_fd, threading.get_ident(), tally),
                                name="signal watcher", daemon=True)

@@ -101,7 +101,7 @@ class RingTransport:
             time.sleep(0.001)
 
     def close(self):
-        if self.ring.map.closed:   # closed before: let go already
+        if self.ring.closed:   # closed before: let go already
             return
         self.ring.abandon()
         self.ring.close()

@@ -80,6 +80,7 @@ class ShmRing:
 
     head = property(lambda self: int(self._head[0]))
     tail = property(lambda self: int(self._tail[0]))
+    closed = property(lambda self: self.map.closed)
 
     @property
     def attached(self):
