@@ -1550,7 +1550,8 @@ static void pause_instruction_budgets(void)
 static unsigned current_cpl(void)
 {
     uint64_t cs;
-    if (!read_guest_register(cs_register, &cs)) {
+    /* User mode runs at CPL 3 only: no register read (hundreds of instructions a block). */
+    if (!system_emulation || !read_guest_register(cs_register, &cs)) {
         return 3;
     }
     /* A block is translated for one CPL, which is CS's RPL in protected mode. */
