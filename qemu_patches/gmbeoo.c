@@ -435,7 +435,7 @@ static bool have_trace(void)
  * of these functions (they are weak): the callback path runs there instead.
  */
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
-#pragma weak qemu_plugin_register_vcpu_mem_inline_record
+#pragma weak qemu_plugin_register_vcpu_tb_mem_inline_record
 #pragma weak qemu_plugin_register_record_full_cb
 #pragma weak qemu_plugin_set_record_buffer
 #pragma weak qemu_plugin_record_buffer_next
@@ -447,7 +447,7 @@ static bool have_trace(void)
 
 static bool inline_available(void)
 {
-    return qemu_plugin_register_vcpu_mem_inline_record && qemu_plugin_register_record_full_cb &&
+    return qemu_plugin_register_vcpu_tb_mem_inline_record && qemu_plugin_register_record_full_cb &&
            qemu_plugin_set_record_buffer && qemu_plugin_record_buffer_next &&
            qemu_plugin_record_buffer_stop;
 }
@@ -1571,13 +1571,19 @@ static void vcpu_retranslate(unsigned int vcpu_index, void *udata)
 }
 
 /* What a memory callback gets from the translation: the CPL bits, and the PC for extended records. */
+/* What the record word adds to an access's info: the CPL, at its place in the info byte. */
+static void *cpl_udata(unsigned cpl)
+{
+    return (void *)(uintptr_t)(cpl << GMBE_CPL_SHIFT);
+}
+
 static void *access_udata(unsigned cpl, struct qemu_plugin_insn *insn)
 {
     if (config.record_words == FORMAT_EXTENDED) {
         uint64_t pc = qemu_plugin_insn_vaddr(insn) & ((UINT64_C(1) << 56) - 1);
         return (void *)(uintptr_t)(pc | ((uint64_t)cpl << 62));
     }
-    return (void *)(uintptr_t)(cpl << GMBE_CPL_SHIFT);
+    return cpl_udata(cpl);
 }
 
 static qemu_plugin_vcpu_mem_cb_t access_callback(void)
@@ -1590,17 +1596,27 @@ static qemu_plugin_vcpu_mem_cb_t access_callback(void)
 }
 
 /* Inline records where the QEMU generates them, the callback otherwise. */
-static void register_access_recording(struct qemu_plugin_insn *insn, unsigned cpl)
+/*
+ * Inline records of every access of the block, in one registration (its word
+ * needs only the CPL, which is the block's); false where records go through
+ * the callback, registered at each instruction (register_access_callback).
+ */
+static bool register_block_records(struct qemu_plugin_tb *tb, unsigned cpl)
 {
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
     if (use_inline) {
         enum qemu_plugin_record_layout layout = config.record_words == FORMAT_COMPACT
                                                 ? QEMU_PLUGIN_RECORD_ADDR48 : QEMU_PLUGIN_RECORD_WORD_ADDR;
-        qemu_plugin_register_vcpu_mem_inline_record(insn, QEMU_PLUGIN_MEM_RW, layout, record_word,
-                                                    access_udata(cpl, insn));
-        return;
+        qemu_plugin_register_vcpu_tb_mem_inline_record(tb, QEMU_PLUGIN_MEM_RW, layout, record_word,
+                                                       cpl_udata(cpl));
+        return true;
     }
 #endif
+    return false;
+}
+
+static void register_access_callback(struct qemu_plugin_insn *insn, unsigned cpl)
+{
     qemu_plugin_register_vcpu_mem_cb(insn, access_callback(), QEMU_PLUGIN_CB_NO_REGS,
                                      QEMU_PLUGIN_MEM_RW, access_udata(cpl, insn));
 }
@@ -1615,6 +1631,7 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
                                                   QEMU_PLUGIN_COND_NE,
                                                   retranslate_flag, 0, NULL);
     }
+    bool callbacks = instrument && !register_block_records(tb, cpl);
     size_t n = qemu_plugin_tb_n_insns(tb);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1628,8 +1645,8 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
             qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64,
                                                                 instruction_budget, UINT64_MAX);
         }
-        if (instrument) {
-            register_access_recording(insn, cpl);
+        if (callbacks) {
+            register_access_callback(insn, cpl);
         }
     }
 }
