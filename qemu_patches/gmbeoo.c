@@ -1570,13 +1570,13 @@ static void vcpu_retranslate(unsigned int vcpu_index, void *udata)
     qemu_plugin_reset(plugin_id, retranslated);
 }
 
-/* What a memory callback gets from the translation: the CPL bits, and the PC for extended records. */
 /* What the record word adds to an access's info: the CPL, at its place in the info byte. */
 static void *cpl_udata(unsigned cpl)
 {
     return (void *)(uintptr_t)(cpl << GMBE_CPL_SHIFT);
 }
 
+/* What a memory callback gets from the translation: the CPL bits, and the PC for extended records. */
 static void *access_udata(unsigned cpl, struct qemu_plugin_insn *insn)
 {
     if (config.record_words == FORMAT_EXTENDED) {
@@ -1595,11 +1595,10 @@ static qemu_plugin_vcpu_mem_cb_t access_callback(void)
     }
 }
 
-/* Inline records where the QEMU generates them, the callback otherwise. */
 /*
- * Inline records of every access of the block, in one registration (its word
- * needs only the CPL, which is the block's); false where records go through
- * the callback, registered at each instruction (register_access_callback).
+ * Inline records of every access of the block, where QEMU generates them: one
+ * registration (the word needs only the CPL, which is the block's). False
+ * where records go through the callback, registered at each instruction.
  */
 static bool register_block_records(struct qemu_plugin_tb *tb, unsigned cpl)
 {
