@@ -900,8 +900,8 @@ static uint64_t pass_over_unwritten_locked(VcpuRing *r, uint64_t from, uint64_t 
  * the accesses while tracing, sampled (markers went out when written). Caller
  * holds writer_lock. Safe beside the running vCPU: records before its next
  * pointer are complete, and it writes only after it. From another thread the
- * pointer may lag (the vCPU stores it at calls and exits); what lies beyond it
- * goes out at the vCPU's next hand-over.
+ * pointer may lag (the vCPU stores it at calls to helpers with side effects
+ * and at exits); what lies beyond it goes out at the vCPU's next hand-over.
  */
 static void settle_inline_locked(VcpuRing *r, bool may_block)
 {
