@@ -150,6 +150,15 @@ def mappings_of(pid):
     return [tuple(m) for m in mappings]
 
 
+def code_buffer_resident_bytes(pid):
+    """Resident bytes of the process's largest read-write-execute mapping: QEMU's code buffer."""
+    def size(fields):
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        return end - start
+    code = [(size(fields), resident) for fields, resident in mappings_of(pid) if fields[1] == "rwxp"]
+    return max(code)[1] if code else 0
+
+
 def executable(path, text):
     """A script written at path and made executable (a workload, a tool); returns the path."""
     path.write_text(text)

@@ -5,13 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, analysis_counts,
-                      buffer_range, executable, image_fingerprint, parse_sections, processes_mentioning,
-                      promised_counts, system, trace_info, trace_into_fifo_reader)
+                      buffer_range, code_buffer_resident_bytes, executable, image_fingerprint, parse_sections,
+                      processes_mentioning, promised_counts, system, trace_info, trace_into_fifo_reader)
 from memtracer import protocol, record
 
 COUNT = TOOLS / "count"
@@ -196,3 +197,20 @@ def test_smp_other_than_the_images_description_is_refused_before_qemu_starts(tra
     assert run.stderr.strip() == (f"smp must be the vCPU count the snapshot was saved with, 1 (see {image}"
                                   f".memory_tracer.json), but 3 isn't; save a snapshot for 3 vCPUs with "
                                   f"`python3 -m memtracer.snapshot {image} --smp 3`.")
+
+
+@pytest.mark.qemu
+def test_the_code_buffer_is_populated_ahead_of_the_translator():
+    """qemu-system-x86_64 populates its code buffer well ahead of what it has translated, so that
+    the guest's run does not stop where the translator reaches a fresh huge page: the firmware with
+    nothing to boot translates well under 2 MiB of code, and some 32 MiB are resident."""
+    firmware = subprocess.Popen([QEMU_DIR / "qemu-system-x86_64", "-display", "none", "-nodefaults", "-m", "64"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while code_buffer_resident_bytes(firmware.pid) < 16 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code_buffer_resident_bytes(firmware.pid) >= 16 << 20
+    finally:
+        firmware.kill()
+        firmware.wait()
