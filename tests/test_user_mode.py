@@ -6,8 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (PROGRAMS, QEMU_DIR, TEST_TOOLS, TOOLS, analysis_counts, buffer_range, code_buffer_resident_bytes,
-                      parse_sections, promised_counts, trace_info, trace_into_fifo_reader, user_mode)
+from conftest import (PROGRAMS, QEMU_DIR, TEST_TOOLS, TOOLS, analysis_counts, buffer_range,
+                      code_buffer_resident_bytes, parse_sections, promised_counts, trace_info,
+                      trace_into_fifo_reader, user_mode)
 from memtracer import record
 from memtracer.trace.fifo import pipe_max_size
 
