@@ -6,8 +6,11 @@
  * consumer): this header, then `capacity` 16-byte records at data_offset.
  * head counts the records ever written, tail those ever consumed; each side
  * writes only its own counter, so no lock and no system call is needed while
- * the stream flows. An empty ring makes the consumer poll, a full one makes
- * the producer poll (20 us sleeps). memtracer/trace/shm_ring.py is the Python side.
+ * the stream flows. A full ring makes the producer poll (20 us sleeps). An
+ * empty one makes the consumer poll (100 us sleeps) for a while, then sleep
+ * until the producer wakes it (reader_sleeping, below): a tool that waits for
+ * a guest to start, or for the rare records of a sampled trace, costs no CPU.
+ * memtracer/trace/shm_ring.py is the Python side.
  * The plugin maps the records twice in a row where it can (data_offset and the
  * records' size whole pages): a lone vCPU then writes into the ring in place.
  *
@@ -22,9 +25,12 @@
 #define GMBE_RING_H
 
 #include <stdint.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define GMBE_RING_MAGIC "GMBERNG\n"
-#define GMBE_RING_VERSION 1
+#define GMBE_RING_VERSION 2
 #define GMBE_RING_ENV "GMBE_TRACE_RING"
 
 struct gmbe_ring_header {
@@ -39,6 +45,24 @@ struct gmbe_ring_header {
     /* Set by memory_tracer when it lets the ring go (the run ended, or its reader died): a
      * producer waiting for room then gives up rather than wait for ever. */
     uint32_t abandoned __attribute__((aligned(64)));
+    /*
+     * 1 while the consumer sleeps (a futex word; the ring is a shared file, so the futex is
+     * not process-private): set by the consumer before it checks head a last time, cleared by
+     * the producer that wakes it. Each side writes its flag or counter, then reads the other's,
+     * with a full fence between: either the consumer sees the new head and stays awake, or the
+     * producer sees the flag and wakes it.
+     */
+    uint32_t reader_sleeping __attribute__((aligned(64)));
 };
+
+/* The producer, after each new head: wakes the consumer if it sleeps (a system call only then). */
+static inline void gmbe_ring_wake_reader(struct gmbe_ring_header *ring)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ring->reader_sleeping, __ATOMIC_RELAXED) &&
+        __atomic_exchange_n(&ring->reader_sleeping, 0, __ATOMIC_ACQ_REL)) {
+        syscall(SYS_futex, &ring->reader_sleeping, FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
 
 #endif

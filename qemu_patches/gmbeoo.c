@@ -315,6 +315,7 @@ static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
         }
         memcpy(&shm_words[start * words], p, count * record_bytes());
         __atomic_store_n(&shm_ring->head, head + count, __ATOMIC_RELEASE);
+        gmbe_ring_wake_reader(shm_ring);
         p += count * words;
         left -= count;
     }
@@ -745,6 +746,7 @@ static void publish_in_place_locked(VcpuRing *r, const uint64_t *records, uint64
         memmove(at_head, records, n * record_bytes());
     }
     __atomic_store_n(&shm_ring->head, head + n, __ATOMIC_RELEASE);
+    gmbe_ring_wake_reader(shm_ring);
     in_place_records += n;
 }
 

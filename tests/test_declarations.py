@@ -63,6 +63,7 @@ int main(void)
     SHOW("ring_tail_offset", offsetof(struct gmbe_ring_header, tail));
     SHOW("ring_attached_offset", offsetof(struct gmbe_ring_header, attached));
     SHOW("ring_abandoned_offset", offsetof(struct gmbe_ring_header, abandoned));
+    SHOW("ring_reader_sleeping_offset", offsetof(struct gmbe_ring_header, reader_sleeping));
     printf("ring_env %s\n", GMBE_RING_ENV);
     SHOW("ring_data_offset_offset", offsetof(struct gmbe_ring_header, data_offset));
     SHOW("magic", MEMORY_TRACER_MAGIC);
@@ -160,6 +161,7 @@ def test_trace_file_and_ring_headers_equal_the_c_side(c_side):
     assert int(c_side["ring_tail_offset"]) == shm_ring.TAIL_OFFSET
     assert int(c_side["ring_attached_offset"]) == shm_ring.ATTACHED_OFFSET
     assert int(c_side["ring_abandoned_offset"]) == shm_ring.ABANDONED_OFFSET
+    assert int(c_side["ring_reader_sleeping_offset"]) == shm_ring.READER_SLEEPING_OFFSET
     assert c_side["ring_env"] == shm_ring.RING_ENV
     assert int(c_side["ring_data_offset_offset"]) == shm_ring.PREFIX.size - 8
 

@@ -1,13 +1,17 @@
 """The shared-memory ring between the plugin and the Python API: head and tail are read and
-written whole, never torn, while the other side moves them (fast tier); and the multi-vCPU ring
-run that once gave wrong contents, repeated under load (end to end)."""
+written whole, never torn, while the other side moves them (fast tier); the multi-vCPU ring
+run that once gave wrong contents, repeated under load; a tool that sleeps while the ring is idle
+(end to end)."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import PROGRAMS, REPO, TEST_TOOLS, TOOLS, analysis_counts, system
+from conftest import PROGRAMS, QEMU_DIR, REPO, TEST_TOOLS, TOOLS, analysis_counts, system
+from memtracer.qemu.plugin_control import parse_counters
 from memtracer.trace.shm_ring import HEAD_OFFSET, ShmRing, create_ring
 
 # Flips the ring's head between two values that differ in every byte, as fast as it can.
@@ -81,3 +85,50 @@ def test_our_tools_take_the_ring_and_others_the_fifo(tracer, mode):
             assert analysis_counts(run.stdout)["range_records"] == 1391
     assert readers == {"count": "the shared-memory ring", "count.py": "the shared-memory ring",
                        "slow_count.py": "the trace FIFO"}
+
+
+def voluntary_switches(pid):
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("tool", [TOOLS / "count", REPO / "analysis_tools" / "python" / "count.py"],
+                         ids=["C", "Python"])
+def test_a_tool_sleeps_while_the_ring_is_idle_and_is_woken_when_records_come(tmp_path, tool):
+    """QEMU stopped mid-stream for a second: the tool empties the ring, then sleeps (polling, it
+    woke some 5,000 times a second). Then QEMU goes on: its records after that are many times what
+    the ring holds, so the plugin waits for room, and the run ends only if it woke the C tool
+    (the Python one also wakes every 50 ms by itself); every record reaches the tool."""
+    ring, counters = tmp_path / "trace.ring", tmp_path / "counters"
+    create_ring(ring)
+    reader = subprocess.Popen([tool, ring], stdout=subprocess.PIPE, text=True)
+    plugin = f"{QEMU_DIR / 'libgmbeoo.so'},trace_shm_path={ring},counters_path={counters}"
+    qemu = None
+    try:
+        assert reader.stdout.readline().strip() == "Ready to analyze"
+        qemu = subprocess.Popen([QEMU_DIR / "qemu-x86_64", "-plugin", plugin, PROGRAMS / "mem_loop", "32768", "2"],
+                                stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        with ShmRing(ring) as view:
+            while view.tail < 1_000_000:
+                assert qemu.poll() is None and time.monotonic() < deadline, "the tool did not take 1 M records"
+                time.sleep(0.01)
+        qemu.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+        before = voluntary_switches(reader.pid)
+        time.sleep(1)
+        idle_wakeups = voluntary_switches(reader.pid) - before
+        qemu.send_signal(signal.SIGCONT)
+        assert qemu.wait(timeout=120) == 0
+        reader.send_signal(signal.SIGUSR1)
+        report, _ = reader.communicate(timeout=60)
+    finally:
+        for process in (qemu, reader):
+            if process:
+                process.kill()
+                process.wait()
+    assert idle_wakeups < 100
+    written = parse_counters(counters.read_text())["num_of_events_written_to_trace_buf"]
+    assert written > 10_000_000
+    assert f"\nnum_of_records: {written}\n" in report

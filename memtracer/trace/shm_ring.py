@@ -1,6 +1,7 @@
 """The shared-memory ring (qemu_patches/gmbe_ring.h) in Python: memory_tracer creates it, the
 plugin produces into it, and a tool of the Python API consumes it in place, without a copy or a
 system call while the stream flows (--shared_memory_ring)."""
+import ctypes
 import mmap
 import os
 import select
@@ -12,9 +13,9 @@ import numpy as np
 from ..record import DTYPE_BY_RECORD_SIZE, RECORD_SIZE
 
 MAGIC = b"GMBERNG\n"
-VERSION = 1
+VERSION = 2
 PREFIX = struct.Struct("<8sIIQQ")     # magic, version, record size, capacity, data offset
-HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET, ABANDONED_OFFSET = 64, 128, 192, 256
+HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET, ABANDONED_OFFSET, READER_SLEEPING_OFFSET = 64, 128, 192, 256, 320
 # Under memory_tracer, the ring's path beside the FIFO: a tool that can read it attaches to it.
 RING_ENV = "GMBE_TRACE_RING"
 DATA_OFFSET = 4096
@@ -23,6 +24,19 @@ DATA_OFFSET = 4096
 # this one was twice as slow, the vCPU waiting for its reader.
 DEFAULT_CAPACITY = 1 << 17
 IDLE_WAIT_SECONDS = 0.0001
+# An empty ring is polled this many times, then the reader sleeps until the producer wakes it
+# (gmbe_ring.h says why). A SIGUSR1 that comes just before the sleep is seen at the latest after
+# SLEEP_TIMEOUT_SECONDS: a Python handler runs only once the wait returns, too late to clear the flag
+# as the C reader's does.
+POLLS_BEFORE_SLEEP = 10
+SLEEP_TIMEOUT_SECONDS = 0.05
+SYS_FUTEX = 202       # x86_64 Linux, the one host of the patched QEMU
+FUTEX_WAIT = 0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
 def is_ring(path):
@@ -77,6 +91,7 @@ class ShmRing:
                                      offset=self.data_offset)
         self._head = np.frombuffer(self.map, dtype=np.uint64, count=1, offset=HEAD_OFFSET)
         self._tail = np.frombuffer(self.map, dtype=np.uint64, count=1, offset=TAIL_OFFSET)
+        self._sleeping = ctypes.c_uint32.from_buffer(self.map, READER_SLEEPING_OFFSET)
 
     head = property(lambda self: int(self._head[0]))
     tail = property(lambda self: int(self._tail[0]))
@@ -99,7 +114,7 @@ class ShmRing:
         self.map[ABANDONED_OFFSET] = 1
 
     def close(self):
-        self.records = self._head = self._tail = None   # the views go before the mapping
+        self.records = self._head = self._tail = self._sleeping = None   # the views go before the mapping
         self.map.close()
 
     def __enter__(self):
@@ -115,15 +130,32 @@ class ShmRingReader(ShmRing):
         report is requested; memory_tracer requests it only once the ring is empty."""
         tail = self.tail
         mask = self.capacity - 1
+        empty_polls = 0
         while True:
             head = self.head
             if head == tail:
                 if report_requested():
                     return
-                select.select([wake_fd], [], [], IDLE_WAIT_SECONDS)
+                empty_polls += 1
+                if empty_polls > POLLS_BEFORE_SLEEP:
+                    self._sleep(tail, report_requested)
+                else:
+                    select.select([wake_fd], [], [], IDLE_WAIT_SECONDS)
                 continue
+            empty_polls = 0
             start = tail & mask
             count = min(head - tail, self.capacity - start)
             process(self.records[start:start + count])
             tail += count
             self._tail[0] = tail
+
+    def _sleep(self, tail, report_requested):
+        """Until the producer publishes past tail (it clears the flag and wakes the futex), a
+        signal, or the timeout. Python has no fence between setting the flag and reading head: the
+        interpreter's steps between the two take far longer than a store takes to reach the other
+        core, and the timeout bounds a sleep that missed its wake all the same."""
+        self._sleeping.value = 1
+        if self.head == tail and not report_requested():
+            timeout = _Timespec(0, int(SLEEP_TIMEOUT_SECONDS * 1e9))
+            _libc.syscall(SYS_FUTEX, ctypes.byref(self._sleeping), FUTEX_WAIT, 1, ctypes.byref(timeout), None, 0)
+        self._sleeping.value = 0
