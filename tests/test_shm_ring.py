@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,8 +89,9 @@ def test_our_tools_take_the_ring_and_others_the_fifo(tracer, mode):
 
 
 def voluntary_switches(pid):
-    status = open(f"/proc/{pid}/status").read()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    """How many times the process has gone to sleep of its own accord (each poll or wait)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
 
 
 @pytest.mark.qemu
