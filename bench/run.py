@@ -27,7 +27,9 @@ machine's noise does not reach (bench/instructions.py), and the analysis tools' 
 recorded trace (bench/tools.py). Before each round, how fast the host hands out fresh memory: on a
 virtual machine that returns freed memory to its hypervisor, first touches are slow and drift, and
 full-system QEMU touches its guest's RAM afresh in every run. And for each run, the CPU time that
-the hypervisor took from this machine meanwhile (steal), which makes it take the longer.
+the hypervisor took from this machine meanwhile (steal), which makes it take the longer, and before
+it how far apart the hypervisor has put the two CPUs (bench/cpu_pair.c): a traced run's records
+cross from one to the other.
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -63,6 +65,7 @@ import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
 from memtracer.run.window import window_in_log  # noqa: E402
+from memtracer.trace.shm_ring import DEFAULT_CAPACITY  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
@@ -92,6 +95,12 @@ MS = "tracing_duration_in_milliseconds"
 STEAL = "stolen_ms"            # over the whole memory_tracer run, not only its window
 WINDOW = "window_monotonic_s"  # the trace window's ends on the host's CLOCK_MONOTONIC
 STEAL_NOTED_MS = 100
+# bench/cpu_pair.c, built for the bench: how far apart the hypervisor has put the two CPUs, asked
+# before each run; under NEAR_LINE_NS, they shared a cache.
+CPU_PAIR = BUILD_DIR / "bench" / "cpu_pair"
+LINE_NS = "line_transfer_ns"
+RING_NS = "ring_ns_per_record"
+NEAR_LINE_NS = 100
 LACKEY_MAX_NATIVE_MS = 100
 FIRST_TOUCH_MIB = 64
 # Free page reporting: a virtio balloon (device id 5) with feature bit 5 hands freed blocks of
@@ -252,7 +261,8 @@ def measure(suite, rounds, quick, data_dir, touch_rates):
             for mode in round_order(list(runs), i):   # interleaved: every mode once per round
                 if mode == "lackey" and (i > 0 or median(runs["native"], MS) > LACKEY_MAX_NATIVE_MS):
                     continue    # ~1000x native: one round places it; a long program would take minutes
-                runs[mode].append(run_mode(suite, mode, workload, data_dir))
+                placement = cpu_pair()
+                runs[mode].append(run_mode(suite, mode, workload, data_dir) | placement)
         rows.append((workload.name, runs))
         print(f"measured {suite}: {workload.name}", file=sys.stderr)
     return rows
@@ -281,6 +291,49 @@ def first_touch_mb_per_s():
         for offset in range(0, size, mmap.PAGESIZE):
             memory[offset] = 1
         return size / 1e6 / (time.monotonic() - start)
+
+
+def build_cpu_pair():
+    CPU_PAIR.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-pthread", f"-I{REPO / 'qemu_patches'}", f"-DRING_RECORDS={DEFAULT_CAPACITY}",
+                    "-o", CPU_PAIR, REPO / "bench" / "cpu_pair.c"], check=True)
+
+
+def cpu_pair():
+    """What the two CPUs give a traced run right now (bench/cpu_pair.c), or {} on one CPU:
+    {LINE_NS: the time a cache line takes from one to the other, RING_NS: the time a record takes
+    through a ring from one to the other}. A traced run's records cross so, from the
+    vCPU to the tool; the hypervisor moves the two CPUs between placements where a line takes some
+    30 ns and some 170 within seconds."""
+    if os.cpu_count() < 2:
+        return {}
+    line_ns, record_ns = subprocess.run([CPU_PAIR], stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+    return {LINE_NS: int(line_ns), RING_NS: float(record_ns)}
+
+
+def placement_line(rows):
+    """The placements seen before the suite's runs, and traced/untraced split by the one before
+    each traced run."""
+    probes = [r for _, runs in rows for mode in runs for r in runs[mode] if LINE_NS in r]
+    if not probes:
+        return []
+    near = [r for r in probes if r[LINE_NS] < NEAR_LINE_NS]
+    far = [r for r in probes if r[LINE_NS] >= NEAR_LINE_NS]
+    seen = [f"{min(r[LINE_NS] for r in v)}-{max(r[LINE_NS] for r in v)} ns before {len(v)} "
+            f"(a record through a ring: {min(r[RING_NS] for r in v):.1f}-{max(r[RING_NS] for r in v):.1f} ns)"
+            for v in (near, far) if v]
+    split = []
+    for name, runs in rows:
+        untraced = median(runs["untraced"], MS)
+        for label, is_near in (("near", True), ("far", False)):
+            traced = [r for r in runs["traced"] if LINE_NS in r and (r[LINE_NS] < NEAR_LINE_NS) == is_near]
+            if traced:
+                split.append(f"{name} {label} {median(traced, MS) / untraced:.2f}x ({len(traced)})")
+    return ["", f"A cache line from one CPU to the other (bench/cpu_pair.c, before each run) took "
+            f"{' and '.join(seen)} of the {len(probes)} runs: the hypervisor placed the two CPUs where they "
+            f"share a cache (under {NEAR_LINE_NS} ns) or not, and a traced run's records cross between them. "
+            f"Traced over untraced (medians), by the placement before each traced run, with the number of "
+            f"those runs: {'; '.join(split)}."]
 
 
 def free_page_reporting_mib():
@@ -359,6 +412,7 @@ def suite_table(suite, rows, pipe_rate):
               f"{sum(s >= STEAL_NOTED_MS for s in stolen)} of the {len(stolen)} runs (steal time in /proc/stat, over "
               f"each whole memory_tracer run; median {statistics.median(stolen):.0f} ms, at most {max(stolen):.0f} ms): "
               "a run takes the longer, traced or untraced."]
+    lines += placement_line(rows)
     fastest = max(summary.values(), key=lambda v: v["fifo_rate"])
     lines += ["", f"The FIFO to a tool that knows only the original protocol delivered at most "
               f"{fastest['fifo_rate']:.0f} M records/s; a raw pipe on this machine carries "
@@ -449,6 +503,7 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
+    build_cpu_pair()
     lines, summaries, touch_rates, raw_runs = [], {}, [], {}
     with tempfile.TemporaryDirectory() as data_dir:
         for suite in ("system", "user"):
