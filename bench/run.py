@@ -300,12 +300,12 @@ def build_cpu_pair():
 
 
 def cpu_pair():
-    """What the two CPUs give a traced run right now (bench/cpu_pair.c), or {} on one CPU:
+    """What the two CPUs give a traced run right now (bench/cpu_pair.c), or {} without two:
     {LINE_NS: the time a cache line takes from one to the other, RING_NS: the time a record takes
-    through a ring from one to the other}. A traced run's records cross so, from the
-    vCPU to the tool; the hypervisor moves the two CPUs between placements where a line takes some
-    30 ns and some 170 within seconds."""
-    if os.cpu_count() < 2:
+    through a ring from one to the other}. A traced run's records cross so, from the vCPU to the
+    tool; the hypervisor moves the two CPUs between placements where a line takes some 30 ns and
+    some 170 within seconds."""
+    if not {0, 1} <= os.sched_getaffinity(0):    # the probe runs on CPUs 0 and 1
         return {}
     line_ns, record_ns = subprocess.run([CPU_PAIR], stdout=subprocess.PIPE, text=True, check=True).stdout.split()
     return {LINE_NS: int(line_ns), RING_NS: float(record_ns)}
