@@ -311,14 +311,19 @@ def cpu_pair():
     return {LINE_NS: int(line_ns), RING_NS: float(record_ns)}
 
 
+def probed_near(run):
+    """Whether the probe before the run found the two CPUs sharing a cache."""
+    return run[LINE_NS] < NEAR_LINE_NS
+
+
 def placement_line(rows):
     """The placements seen before the suite's runs, and traced/untraced split by the one before
     each traced run."""
     probes = [r for _, runs in rows for mode in runs for r in runs[mode] if LINE_NS in r]
     if not probes:
         return []
-    near = [r for r in probes if r[LINE_NS] < NEAR_LINE_NS]
-    far = [r for r in probes if r[LINE_NS] >= NEAR_LINE_NS]
+    near = [r for r in probes if probed_near(r)]
+    far = [r for r in probes if not probed_near(r)]
     seen = [f"{min(r[LINE_NS] for r in v)}-{max(r[LINE_NS] for r in v)} ns before {len(v)} "
             f"(a record through a ring: {min(r[RING_NS] for r in v):.1f}-{max(r[RING_NS] for r in v):.1f} ns)"
             for v in (near, far) if v]
@@ -326,7 +331,7 @@ def placement_line(rows):
     for name, runs in rows:
         untraced = median(runs["untraced"], MS)
         for label, is_near in (("near", True), ("far", False)):
-            traced = [r for r in runs["traced"] if LINE_NS in r and (r[LINE_NS] < NEAR_LINE_NS) == is_near]
+            traced = [r for r in runs["traced"] if LINE_NS in r and probed_near(r) == is_near]
             if traced:
                 split.append(f"{name} {label} {median(traced, MS) / untraced:.2f}x ({len(traced)})")
     return ["", f"A cache line from one CPU to the other (bench/cpu_pair.c, before each run) took "
