@@ -251,15 +251,31 @@ static void gmbe_deliver_extended(const gmbe_tool *tool, const struct gmbe_exten
     }
 }
 
+/*
+ * Compact records widened to 16 bytes, a batch at a time. The widening has no branch and notes
+ * whether the batch holds a marker; only a batch that does is decoded again and split at its
+ * markers. Decoded with a test for a marker at each record, then scanned for markers once more,
+ * 50 M compact records from a file in memory took `count` some 10% longer.
+ */
 static void gmbe_deliver_compact(const gmbe_tool *tool, const uint64_t *words, size_t n)
 {
     static struct gmbe_record wide[GMBE_SCRATCH_RECORDS];
     for (size_t done = 0; done < n;) {
         size_t count = n - done < GMBE_SCRATCH_RECORDS ? n - done : GMBE_SCRATCH_RECORDS;
+        const uint64_t *batch = words + done;
+        int markers = 0;
         for (size_t i = 0; i < count; i++) {
-            wide[i] = gmbe_compact_decode(words[done + i]);
+            wide[i] = gmbe_compact_widen_access(batch[i]);
+            markers |= gmbe_compact_is_marker(batch[i]);
         }
-        gmbe_deliver_standard(tool, wide, count);
+        if (markers) {
+            for (size_t i = 0; i < count; i++) {
+                wide[i] = gmbe_compact_decode(batch[i]);
+            }
+            gmbe_deliver_standard(tool, wide, count);
+        } else {
+            tool->process(wide, count);
+        }
         done += count;
     }
 }

@@ -172,18 +172,27 @@ static inline uint64_t gmbe_compact_encode(const struct gmbe_record *r)
     return low | (info << 48) | ((uint64_t)(gmbe_vcpu(r) & 0xffu) << 56);
 }
 
-static inline struct gmbe_record gmbe_compact_decode(uint64_t word)
+static inline int gmbe_compact_is_marker(uint64_t word)
 {
-    unsigned info = (unsigned)((word >> 48) & 0xffu);
-    unsigned vcpu = (unsigned)(word >> 56);
-    if ((info & GMBE_SIZE_SHIFT_MASK) == GMBE_MARKER_INFO) {
-        return gmbe_marker(vcpu, (unsigned)((word >> 40) & 0xffu), word & GMBE_COMPACT_NUMBER_MASK);
-    }
+    return ((word >> 48) & GMBE_SIZE_SHIFT_MASK) == GMBE_MARKER_INFO;
+}
+
+/* A compact access record at 16 bytes; only for words that are not markers. */
+static inline struct gmbe_record gmbe_compact_widen_access(uint64_t word)
+{
     struct gmbe_record r = {
-        .info_word = gmbe_vcpu_header(vcpu) | info,
+        .info_word = gmbe_vcpu_header((unsigned)(word >> 56)) | ((word >> 48) & 0xffu),
         .virt_addr = (uint64_t)((int64_t)(word << 16) >> 16),   /* sign-extend bit 47 */
     };
     return r;
+}
+
+static inline struct gmbe_record gmbe_compact_decode(uint64_t word)
+{
+    if (gmbe_compact_is_marker(word)) {
+        return gmbe_marker((unsigned)(word >> 56), (unsigned)((word >> 40) & 0xffu), word & GMBE_COMPACT_NUMBER_MASK);
+    }
+    return gmbe_compact_widen_access(word);
 }
 
 #endif /* GMBE_RECORD_H */
