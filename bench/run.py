@@ -65,7 +65,8 @@ import tools as bench_tools  # noqa: E402
 from memtracer.layout import (ANALYSIS_TOOLS_DIR, BUILD_DIR, DEFAULT_GUEST_IMAGE, DEFAULT_QEMU_DIR,  # noqa: E402
                               DEFAULT_SNAPSHOT, GUEST_PROGRAMS_DIR)
 from memtracer.run.window import window_in_log  # noqa: E402
-from memtracer.trace.shm_ring import DEFAULT_CAPACITY  # noqa: E402
+from memtracer.record import RECORD_SIZE  # noqa: E402
+from memtracer.trace.shm_ring import ring_capacity  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
@@ -295,8 +296,9 @@ def first_touch_mb_per_s():
 
 def build_cpu_pair():
     CPU_PAIR.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-O2", "-pthread", f"-I{REPO / 'qemu_patches'}", f"-DRING_RECORDS={DEFAULT_CAPACITY}",
-                    "-o", CPU_PAIR, REPO / "bench" / "cpu_pair.c"], check=True)
+    subprocess.run(["gcc", "-O2", "-pthread", f"-I{REPO / 'qemu_patches'}",
+                    f"-DRING_RECORDS={ring_capacity(RECORD_SIZE)}", "-o", CPU_PAIR, REPO / "bench" / "cpu_pair.c"],
+                   check=True)
 
 
 def cpu_pair():

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import PROGRAMS, QEMU_DIR, REPO, TEST_TOOLS, TOOLS, analysis_counts, system
 from memtracer.qemu.plugin_control import parse_counters
-from memtracer.trace.shm_ring import HEAD_OFFSET, ShmRing, create_ring
+from memtracer.record import RECORD_FORMATS
+from memtracer.trace.shm_ring import HEAD_OFFSET, RING_BYTES, ShmRing, create_ring
 
 # Flips the ring's head between two values that differ in every byte, as fast as it can.
 FLIPPER = r"""
@@ -33,6 +34,15 @@ int main(int argc, char **argv)
 }
 """
 FLIPPED = {0x00ffffffffffffff, 0x0100000000000000}
+
+
+def test_a_ring_holds_as_many_bytes_of_records_in_every_format(tmp_path):
+    """The hand-over's cost goes with the bytes that cross between the cores, not the records."""
+    for name, record_size in RECORD_FORMATS.items():
+        create_ring(tmp_path / name, record_size=record_size)
+        with ShmRing(tmp_path / name) as ring:
+            assert ring.capacity * record_size == RING_BYTES, name
+            assert ring.records.nbytes == RING_BYTES, name
 
 
 def test_head_is_never_read_torn(tmp_path):

@@ -19,10 +19,14 @@ HEAD_OFFSET, TAIL_OFFSET, ATTACHED_OFFSET, ABANDONED_OFFSET, READER_SLEEPING_OFF
 # Under memory_tracer, the ring's path beside the FIFO: a tool that can read it attaches to it.
 RING_ENV = "GMBE_TRACE_RING"
 DATA_OFFSET = 4096
-# Records: 2 MiB of 16-byte ones. A ring that stays in a core's cache runs faster than a larger one
-# (measured with gzip and mem_loop under qemu-x86_64: 16 MiB was 10% slower overall); a quarter of
-# this one was twice as slow, the vCPU waiting for its reader.
-DEFAULT_CAPACITY = 1 << 17
+# The ring's records take 4 MiB, whatever their format: what costs is the cache lines that cross
+# from the vCPU's core to the reader's and back. On the 2-core AMD EPYC of the bench (1 MiB of
+# second-level cache a core), a record through a ring between the two cores took 1.38 ns with 1
+# MiB, 0.80 with 2, 0.71 with 4, 0.69 with 8 (bench/cpu_pair.c's ring, pages touched first, 12
+# rounds, medians), and user-mode gzip traced to count 508 ms with 4 MiB against 634 with 2 (8
+# rounds). Measured on 2026-11-30: 4 MiB ran as 2 MiB, 16 MiB 10% slower, and 256 KiB twice as
+# slow, the vCPU waiting for its reader.
+RING_BYTES = 4 << 20
 IDLE_WAIT_SECONDS = 0.0001
 # An empty ring is polled this many times, then the reader sleeps until the producer wakes it
 # (gmbe_ring.h says why). A SIGUSR1 that comes just before the sleep is seen at the latest after
@@ -61,8 +65,15 @@ def attach_offered_ring():
     return path
 
 
-def create_ring(path, capacity=DEFAULT_CAPACITY, record_size=RECORD_SIZE):
-    """A new, empty ring file (mode 0600) of records of record_size bytes (the format's)."""
+def ring_capacity(record_size):
+    """The records of record_size bytes that memory_tracer's ring holds."""
+    return RING_BYTES // record_size
+
+
+def create_ring(path, capacity=None, record_size=RECORD_SIZE):
+    """A new, empty ring file (mode 0600) of records of record_size bytes (the format's), as many
+    as memory_tracer's ring holds unless capacity says."""
+    capacity = capacity or ring_capacity(record_size)
     assert capacity & (capacity - 1) == 0
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
