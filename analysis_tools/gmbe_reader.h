@@ -565,7 +565,10 @@ static void gmbe_follow_ring(const gmbe_tool *tool, const char *path, const sigs
         fprintf(stderr, "%s: cannot open %s: %s\n", tool->name, path, strerror(errno));
         exit(1);
     }
-    struct gmbe_ring_header *ring = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    /* Populated now, before the window opens: else the first read of each of the ring's pages
+     * faults while the vCPU waits for room. */
+    struct gmbe_ring_header *ring =
+        mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     close(fd);
     if (ring == MAP_FAILED) {
         perror("mmap ring");

@@ -3,6 +3,7 @@ written whole, never torn, while the other side moves them (fast tier); the mult
 run that once gave wrong contents, repeated under load; a tool that sleeps while the ring is idle
 (end to end)."""
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import PROGRAMS, QEMU_DIR, REPO, TEST_TOOLS, TOOLS, analysis_counts, system
 from memtracer.qemu.plugin_control import parse_counters
 from memtracer.record import RECORD_FORMATS
-from memtracer.trace.shm_ring import HEAD_OFFSET, RING_BYTES, ShmRing, create_ring
+from memtracer.trace.shm_ring import HEAD_OFFSET, RING_BYTES, ShmRing, ShmRingReader, create_ring
 
 # Flips the ring's head between two values that differ in every byte, as fast as it can.
 FLIPPER = r"""
@@ -43,6 +44,15 @@ def test_a_ring_holds_as_many_bytes_of_records_in_every_format(tmp_path):
         with ShmRing(tmp_path / name) as ring:
             assert ring.capacity * record_size == RING_BYTES, name
             assert ring.records.nbytes == RING_BYTES, name
+
+
+def test_the_python_reader_takes_its_page_faults_when_it_maps_the_ring_not_while_reading(tmp_path):
+    """Else the reader's first lap over the ring faults on every page while the vCPU waits."""
+    create_ring(tmp_path / "trace.ring")
+    with ShmRingReader(tmp_path / "trace.ring") as ring:
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ring.records.view("u8").sum()
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 8
 
 
 def test_head_is_never_read_torn(tmp_path):

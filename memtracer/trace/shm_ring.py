@@ -89,10 +89,12 @@ class ShmRing:
     its little-endian codes go byte by byte, and a head read while the producer moves it can
     come out torn, far ahead of what was written."""
 
+    MAP_FLAGS = mmap.MAP_SHARED
+
     def __init__(self, path):
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            self.map = mmap.mmap(fd, 0)
+            self.map = mmap.mmap(fd, 0, flags=self.MAP_FLAGS)
         finally:
             os.close(fd)
         magic, version, record_size, self.capacity, self.data_offset = PREFIX.unpack_from(self.map)
@@ -136,6 +138,10 @@ class ShmRing:
 
 
 class ShmRingReader(ShmRing):
+    # Populated when mapped, before the window opens: else the first read of each of the ring's
+    # pages faults while the vCPU waits for room.
+    MAP_FLAGS = mmap.MAP_SHARED | mmap.MAP_POPULATE
+
     def follow(self, process, report_requested, wake_fd):
         """Hands every record to process (views of the ring, valid during the call) until the
         report is requested; memory_tracer requests it only once the ring is empty."""
