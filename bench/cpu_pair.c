@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "gmbe_record.h"
@@ -132,6 +133,7 @@ int main(void)
     uint64_t sum;
 
     pin_to(0);
+    memset(ring, 0, sizeof ring);   /* its pages made now: memory_tracer's ring is made before the window too */
     if (pthread_create(&other, NULL, cpu_1, &sum) != 0) {
         perror("cpu_pair: pthread_create");
         return 1;
