@@ -28,8 +28,8 @@ recorded trace (bench/tools.py). Before each round, how fast the host hands out 
 virtual machine that returns freed memory to its hypervisor, first touches are slow and drift, and
 full-system QEMU touches its guest's RAM afresh in every run. And for each run, the CPU time that
 the hypervisor took from this machine meanwhile (steal), which makes it take the longer, and before
-it how far apart the hypervisor has put the two CPUs (bench/cpu_pair.c): a traced run's records
-cross from one to the other.
+and after it how far apart the hypervisor has put the two CPUs (bench/cpu_pair.c): a traced run's
+records cross from one to the other.
 
     python3 bench/run.py [--quick] [--rounds N] [--only system|user|tools]
 
@@ -97,9 +97,10 @@ STEAL = "stolen_ms"            # over the whole memory_tracer run, not only its 
 WINDOW = "window_monotonic_s"  # the trace window's ends on the host's CLOCK_MONOTONIC
 STEAL_NOTED_MS = 100
 # bench/cpu_pair.c, built for the bench: how far apart the hypervisor has put the two CPUs, asked
-# before each run; under NEAR_LINE_NS, they shared a cache.
+# before and after each run; under NEAR_LINE_NS, they shared a cache.
 CPU_PAIR = BUILD_DIR / "bench" / "cpu_pair"
 LINE_NS = "line_transfer_ns"
+LINE_AFTER_NS = "line_transfer_ns_after"
 RING_NS = "ring_ns_per_record"
 NEAR_LINE_NS = 100
 LACKEY_MAX_NATIVE_MS = 100
@@ -262,8 +263,7 @@ def measure(suite, rounds, quick, data_dir, touch_rates):
             for mode in round_order(list(runs), i):   # interleaved: every mode once per round
                 if mode == "lackey" and (i > 0 or median(runs["native"], MS) > LACKEY_MAX_NATIVE_MS):
                     continue    # ~1000x native: one round places it; a long program would take minutes
-                placement = cpu_pair()
-                runs[mode].append(run_mode(suite, mode, workload, data_dir) | placement)
+                runs[mode].append(probed_around(lambda: run_mode(suite, mode, workload, data_dir)))
         rows.append((workload.name, runs))
         print(f"measured {suite}: {workload.name}", file=sys.stderr)
     return rows
@@ -313,15 +313,31 @@ def cpu_pair():
     return {LINE_NS: int(line_ns), RING_NS: float(record_ns)}
 
 
+def probed_around(run):
+    """run()'s figures with the probe's before it and its line time after it: the hypervisor may
+    move the CPUs during a run, which the probe before cannot tell."""
+    before = cpu_pair()
+    figures = run()
+    after = cpu_pair()
+    return figures | before | ({LINE_AFTER_NS: after[LINE_NS]} if after else {})
+
+
 def probed_near(run):
     """Whether the probe before the run found the two CPUs sharing a cache."""
     return run[LINE_NS] < NEAR_LINE_NS
 
 
+def placement_of(run):
+    """near or far where the probes before and after the run agree, else moved."""
+    if probed_near(run) != (run[LINE_AFTER_NS] < NEAR_LINE_NS):
+        return "moved"
+    return "near" if probed_near(run) else "far"
+
+
 def placement_line(rows):
-    """The placements seen before the suite's runs, and traced/untraced split by the one before
-    each traced run."""
-    probes = [r for _, runs in rows for mode in runs for r in runs[mode] if LINE_NS in r]
+    """The placements seen before the suite's runs, how many saw another after, and
+    traced/untraced split by the placement around each traced run."""
+    probes = [r for _, runs in rows for mode in runs for r in runs[mode] if LINE_AFTER_NS in r]
     if not probes:
         return []
     near = [r for r in probes if probed_near(r)]
@@ -332,15 +348,17 @@ def placement_line(rows):
     split = []
     for name, runs in rows:
         untraced = median(runs["untraced"], MS)
-        for label, is_near in (("near", True), ("far", False)):
-            traced = [r for r in runs["traced"] if LINE_NS in r and probed_near(r) == is_near]
+        for label in ("near", "far", "moved"):
+            traced = [r for r in runs["traced"] if LINE_AFTER_NS in r and placement_of(r) == label]
             if traced:
                 split.append(f"{name} {label} {median(traced, MS) / untraced:.2f}x ({len(traced)})")
+    moved = sum(placement_of(r) == "moved" for r in probes)
     return ["", f"A cache line from one CPU to the other (bench/cpu_pair.c, before each run) took "
             f"{' and '.join(seen)} of the {len(probes)} runs: the hypervisor placed the two CPUs where they "
             f"share a cache (under {NEAR_LINE_NS} ns) or not, and a traced run's records cross between them. "
-            f"Traced over untraced (medians), by the placement before each traced run, with the number of "
-            f"those runs: {'; '.join(split)}."]
+            f"The probe after the run found the other placement after {moved} of them. Traced over untraced "
+            f"(medians), by the placement around each traced run (moved: the probes before and after "
+            f"disagreed), with the number of those runs: {'; '.join(split)}."]
 
 
 def free_page_reporting_mib():
