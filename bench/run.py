@@ -314,8 +314,8 @@ def cpu_pair():
 
 
 def probed_around(run):
-    """run()'s figures with the probe's before it and its line time after it: the hypervisor may
-    move the CPUs during a run, which the probe before cannot tell."""
+    """run()'s figures, with the probe's from before it and the line time from after it: the
+    hypervisor may move the CPUs during a run, which the probe before cannot tell."""
     before = cpu_pair()
     figures = run()
     after = cpu_pair()

@@ -1,7 +1,7 @@
-"""The shared-memory ring between the plugin and the Python API: head and tail are read and
-written whole, never torn, while the other side moves them (fast tier); the multi-vCPU ring
-run that once gave wrong contents, repeated under load; a tool that sleeps while the ring is idle
-(end to end)."""
+"""The shared-memory ring between the plugin and the Python API: head and tail are read and written
+whole, never torn, while the other side moves them, and the reader's pages are made when it maps the
+ring (fast tier); the multi-vCPU ring run that once gave wrong contents, repeated under load; a tool
+that sleeps while the ring is idle (end to end)."""
 import os
 import resource
 import signal
@@ -52,6 +52,7 @@ def test_the_python_reader_takes_its_page_faults_when_it_maps_the_ring_not_while
     with ShmRingReader(tmp_path / "trace.ring") as ring:
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         ring.records.view("u8").sum()
+        # a few of NumPy's own at most: the ring's 4 MiB would take 64 or more
         assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 8
 
 
