@@ -294,6 +294,55 @@ def test_a_ring_closed_under_the_writing_vcpu_is_left_alone(tmp_path):
     assert sum(read) == handed_over
 
 
+# A loop of one block: a plain load and a plain store. Where the vCPU only counts, the block counts
+# both records at its start and has no exit check of its own.
+PAIRED_LOOP = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+static uint64_t words[4096];
+int main(int argc, char **argv)
+{
+    uint64_t sum = 0;
+    for (long r = 0; r < atol(argv[1]); r++) {
+        for (int i = 0; i < 4095; i++) {
+            sum += words[i] ^ r;
+            words[i + 1] = sum;
+        }
+    }
+    printf("%016llx\n", (unsigned long long)sum);
+    return 0;
+}
+"""
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("sampling", ["sampled", "sparse"])
+@pytest.mark.parametrize("buffer_records", [1, 4096])
+def test_blocks_that_count_at_their_start_leave_at_the_limit(tmp_path, sampling, buffer_records):
+    """A block that counts its records at its start does not check for an exit request: at the
+    limit (the end of a gap between samples, a full buffer), its add must carry all the same, so
+    that the vCPU leaves there and writes the next sampled records. Else, in a loop of that block
+    alone, it counts on past them, and hands over what its buffer held before. The records are
+    the callback path's, byte for byte."""
+    source = tmp_path / "paired_loop.c"
+    source.write_text(PAIRED_LOOP)
+    program = tmp_path / "paired_loop"
+    subprocess.run(["gcc", "-O1", "-static", "-o", program, source], check=True)
+    settings, _, counted_through_gaps = SAMPLINGS[sampling]
+    traces = {}
+    for path, extra in (("inline", ()), ("callback", ("callback_records=on",))):
+        folder, counters = tmp_path / path, tmp_path / f"{path}.counters"
+        folder.mkdir()
+        run_traced([program, "200"], f"trace_dir={folder}", f"counters_path={counters}",
+                   f"buffer_records={buffer_records}", *settings, *extra)
+        traces[path] = (folder / "vcpu0.gmbe").read_bytes(), parse_counters(counters.read_text())
+    (inline, inline_counters), (callback, callback_counters) = traces["inline"], traces["callback"]
+    assert len(inline) > 1000 * 16 and inline == callback
+    events = inline_counters["num_of_GMBE_events_since_enabling_GMBEOO"]
+    assert (inline_counters["counted_only_records"] > events // 2) == counted_through_gaps
+
+
 def register_pressure_source(steps=96, accumulators="abcdefghijkl"):
     """C for a loop of one long straight-line body: each step loads from a table into one of twelve
     accumulators and mixes it into another, so that QEMU's blocks hold many guest registers in host
