@@ -8,8 +8,18 @@ on a shared machine does not; it counts instructions, not the cycles they take (
 pipe's wait costs no instruction). Modes are bench/handover.py's, plugin option by option, and
 Debian's own qemu-x86_64 untraced beside the patched one.
 
-    python3 bench/instructions.py [--rounds N]"""
+With --by-symbol MODE, where those instructions go instead: the outer QEMU runs
+bench/block_instructions.c, which counts them block by block, and a block is put with the function
+of the inner QEMU that it lies in (its own symbols), with the library it lies in (with the nearest
+symbol where the library has its symbol table, as the plugin has), or with the generated code (the
+inner QEMU's code buffer); the table gives untraced's and MODE's, biggest differences first.
+
+    python3 bench/instructions.py [--rounds N]
+    python3 bench/instructions.py --by-symbol MODE [--workload gzip|xz|mem_loop]"""
 import argparse
+import bisect
+import collections
+import functools
 import shutil
 import statistics
 import subprocess
@@ -89,10 +99,101 @@ def measure(rounds):
     return lines
 
 
+# --by-symbol: where the inner QEMU's instructions go.
+GENERATED_CODE = ("generated code", "")
+TOP_SYMBOLS = 25
+
+
+@functools.lru_cache(maxsize=None)
+def symbol_table(path):
+    """(address, name) of the functions in an ELF's own symbol table, sorted; none if stripped."""
+    listing = subprocess.run(["nm", "--defined-only", path], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True).stdout
+    return sorted((int(fields[0], 16), fields[2]) for fields in map(str.split, listing.splitlines())
+                  if len(fields) == 3 and fields[1] in "tTwW")
+
+
+def mappings(maps_file):
+    """(start, end, file offset, path or '') of each mapping, sorted."""
+    rows = []
+    for line in Path(maps_file).read_text().splitlines():
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        rows.append((start, end, int(fields[2], 16), fields[5] if len(fields) > 5 else ""))
+    return sorted(rows)
+
+
+def where(address, symbol, maps):
+    """(binary, function) of a block: its symbol where the guest's ELF named it; else by the
+    mapping it lies in (a library's nearest symbol below it: text is mapped at its file offset)."""
+    starts = [m[0] for m in maps]
+    i = bisect.bisect_right(starts, address) - 1
+    start, end, offset, path = maps[i] if i >= 0 and address < maps[i][1] else (0, 0, 0, "")
+    if not path.startswith("/"):
+        return GENERATED_CODE
+    binary = Path(path).name
+    if symbol != "?":
+        return binary, symbol
+    table = symbol_table(path)
+    j = bisect.bisect_right(table, (address - start + offset, "\uffff")) - 1
+    return binary, table[j][1] if j >= 0 else ""
+
+
+def profiled_run(mode, program, work_dir):
+    """Instructions that the inner QEMU executed in one run of mode, by (binary, function)."""
+    blocks = work_dir / "blocks.txt"
+    outer = [DEFAULT_QEMU_DIR / "qemu-x86_64", "-plugin", f"{contrib_plugins.BLOCK_PLUGIN},out={blocks}"]
+    handover.run_mode(mode, program, work_dir, wrapper=outer)
+    maps = mappings(f"{blocks}.maps")
+    total = collections.Counter()
+    for line in blocks.read_text().splitlines():
+        address, symbol, count = line.split()
+        total[where(int(address, 16), symbol, maps)] += int(count)
+    return total
+
+
+def by_symbol(mode, workload):
+    """The section's markdown lines: untraced's and mode's instructions, by binary and function."""
+    contrib_plugins.build(REPO / "bench" / "block_instructions.c", contrib_plugins.BLOCK_PLUGIN)
+    with tempfile.TemporaryDirectory(prefix="memtracer-bench-") as tmp:
+        tmp = Path(tmp)
+        name, program = next((n, p) for n, p in workloads(tmp).items() if n.split()[0] == workload)
+        runs = {}
+        for m in ("untraced", mode):
+            work_dir = tmp / f"run{len(runs)}"
+            work_dir.mkdir()
+            runs[m] = profiled_run(m, program, work_dir)
+    base, other = runs["untraced"], runs[mode]
+    lines = [f"{name}: host instructions of the inner qemu-x86_64, untraced and {mode} "
+             f"(M; bench/instructions.py --by-symbol).", "",
+             f"| binary | function | untraced | {mode} | difference |", "|---|---|---|---|---|",
+             f"| all | | {sum(base.values()) / 1e6:.1f} | {sum(other.values()) / 1e6:.1f} | "
+             f"{(sum(other.values()) - sum(base.values())) / 1e6:+.1f} |"]
+    binaries = collections.Counter(), collections.Counter()
+    for totals, counter in zip((base, other), binaries):
+        for (binary, _), count in totals.items():
+            counter[binary] += count
+    for binary in sorted(set(binaries[0]) | set(binaries[1]), key=lambda b: -abs(binaries[1][b] - binaries[0][b])):
+        if binaries[0][binary] != binaries[1][binary]:
+            lines.append(f"| {binary} | (all) | {binaries[0][binary] / 1e6:.1f} | {binaries[1][binary] / 1e6:.1f} | "
+                         f"{(binaries[1][binary] - binaries[0][binary]) / 1e6:+.1f} |")
+    keys = sorted(set(base) | set(other), key=lambda k: -abs(other[k] - base[k]))[:TOP_SYMBOLS]
+    for binary, function in keys:
+        b, o = base[(binary, function)], other[(binary, function)]
+        lines.append(f"| {binary} | {function} | {b / 1e6:.1f} | {o / 1e6:.1f} | {(o - b) / 1e6:+.1f} |")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--by-symbol", metavar="MODE", choices=[m for m in MODES if m != DEBIAN],
+                        help="where MODE's instructions go, against untraced's")
+    parser.add_argument("--workload", default="gzip", choices=["mem_loop", "gzip", "xz"])
     args = parser.parse_args()
+    if args.by_symbol:
+        print("\n".join(by_symbol(args.by_symbol, args.workload)))
+        return
     text = "\n".join(["# Host instructions per access", "", *measure(args.rounds)]) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "instructions.md").write_text(text)
