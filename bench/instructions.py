@@ -123,10 +123,10 @@ def mappings(maps_file):
     return sorted(rows)
 
 
-def where(address, symbol, maps):
+def where(address, symbol, maps, starts):
     """(binary, function) of a block: its symbol where the guest's ELF named it; else by the
-    mapping it lies in (a library's nearest symbol below it: text is mapped at its file offset)."""
-    starts = [m[0] for m in maps]
+    mapping it lies in (a library's nearest symbol below it: text is mapped at its file offset).
+    starts: the mappings' start addresses, for the search."""
     i = bisect.bisect_right(starts, address) - 1
     start, end, offset, path = maps[i] if i >= 0 and address < maps[i][1] else (0, 0, 0, "")
     if not path.startswith("/"):
@@ -145,10 +145,11 @@ def profiled_run(mode, program, work_dir):
     outer = [DEFAULT_QEMU_DIR / "qemu-x86_64", "-plugin", f"{contrib_plugins.BLOCK_PLUGIN},out={blocks}"]
     handover.run_mode(mode, program, work_dir, wrapper=outer)
     maps = mappings(f"{blocks}.maps")
+    starts = [m[0] for m in maps]
     total = collections.Counter()
     for line in blocks.read_text().splitlines():
         address, symbol, count = line.split()
-        total[where(int(address, 16), symbol, maps)] += int(count)
+        total[where(int(address, 16), symbol, maps, starts)] += int(count)
     return total
 
 
