@@ -8,6 +8,7 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -215,26 +216,53 @@ def test_tool_that_fails_says_why_in_the_same_line(tracer):
     assert message.endswith("its last output: 'record: writing /dev/full failed: No space left on device'.")
 
 
-def test_qemu_killed_during_the_run(tracer, private_tmp):
-    killer = threading.Thread(target=kill_qemu_when_it_runs, args=(str(private_tmp),))
-    killer.start()
-    run = tracer(*system("--workload_path_on_host", PROGRAMS / "spin_forever", "--dont_trace"))
-    killer.join()
-    assert one_line_error(run).startswith("QEMU ended while the workload ran")
-
-
 def kill_qemu_when_it_runs(tmp, deadline_seconds=60):
+    pid = qemu_started_in(tmp, deadline_seconds)
+    # Loaded, the workload running: loadvm takes 0.6 s on a quiet machine and 2.6 s when the host
+    # is slow to give the guest's RAM its pages. spin_forever runs until killed, so a longer wait
+    # only makes sure that it runs.
+    time.sleep(6)
+    os.kill(int(pid), signal.SIGKILL)
+
+
+def pause_then_kill_qemu(tmp, deadline_seconds=60):
+    pid = qemu_started_in(tmp, deadline_seconds)
+    monitor = socket.socket(socket.AF_UNIX)
+    deadline = time.monotonic() + deadline_seconds
+    while monitor.connect_ex(f"/proc/{pid}/cwd/monitor.sock") != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with monitor:
+        monitor.sendall(b"stop\n")   # read once loadvm is done, before the runner is pinged
+        said = b""
+        while b"VM status: paused" not in said and time.monotonic() < deadline:
+            monitor.sendall(b"info status\n")
+            said += monitor.recv(4096)
+        time.sleep(2)   # memory_tracer pings the runner meanwhile, in vain
+        os.kill(int(pid), signal.SIGKILL)
+
+
+def qemu_started_in(tmp, deadline_seconds):
     deadline = time.monotonic() + deadline_seconds
     while time.monotonic() < deadline:
         for pid in processes_mentioning("qemu-system-x86_64"):
             if os.path.realpath(f"/proc/{pid}/cwd").startswith(tmp):
-                # Loaded, the workload running: loadvm takes 0.6 s on a quiet machine and 2.6 s when
-                # the host is slow to give the guest's RAM its pages. spin_forever runs until killed,
-                # so a longer wait only makes sure that it runs.
-                time.sleep(6)
-                os.kill(int(pid), signal.SIGKILL)
-                return
-        time.sleep(0.05)
+                return pid
+        time.sleep(0.01)
+    raise AssertionError("QEMU did not start")
+
+
+@pytest.mark.parametrize("killer, said", [
+    (kill_qemu_when_it_runs, "QEMU ended while the workload ran"),
+    # The guest paused as QEMU starts, so that its runner never answers: QEMU's end is told as
+    # such, not as the runner's port closing.
+    (pause_then_kill_qemu, "QEMU ended before the workload was ready to trace")],
+    ids=["during_the_run", "while_the_runner_is_awaited"])
+def test_qemu_killed(tracer, private_tmp, killer, said):
+    thread = threading.Thread(target=killer, args=(str(private_tmp),))
+    thread.start()
+    run = tracer(*system("--workload_path_on_host", PROGRAMS / "spin_forever", "--dont_trace"))
+    thread.join()
+    assert one_line_error(run).startswith(said)
 
 
 def test_consumer_that_stalls_then_resumes_loses_nothing(tracer):

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from ..build.builtin_image import build_smp_guest_image
@@ -111,11 +111,12 @@ class SystemRun:
 
     def trace(self):
         self._prepare()
-        process = self._start_workload()
-        # Our stdin goes on to the workload, unless it is the monitor's (--dont_exit_qemu_when_done).
-        session = ProtocolSession(process, send_input=None if self.target.keep_qemu else process.send_input)
-        self.progress.phase("waiting for the workload's `Ready to trace`")
-        self.result.workload_info = session.read_info()
+        with self._ending_qemu_explains("ended before the workload was ready to trace"):
+            process = self._start_workload()
+            # Our stdin goes on to the workload, unless it is the monitor's (--dont_exit_qemu_when_done).
+            session = ProtocolSession(process, send_input=None if self.target.keep_qemu else process.send_input)
+            self.progress.phase("waiting for the workload's `Ready to trace`")
+            self.result.workload_info = session.read_info()
         if self.consumer is not None:
             self.progress.phase("starting the analysis tool" if self.request.analysis_tool_path
                                 else "waiting for the reader of trace_fifo_path")
@@ -254,11 +255,18 @@ class SystemRun:
 
     def _stopped(self, session, poll):
         """Whether the workload said `Stop tracing` within poll seconds."""
-        try:
+        with self._ending_qemu_explains("ended while the workload ran"):
             return session.wait_for_stop(timeout=poll)
-        except WorkloadError:
-            if exited_within(self.machine.process, 2):   # the guest's ports closed because QEMU ended
-                raise self.machine.failure("ended while the workload ran") from None
+
+    @contextmanager
+    def _ending_qemu_explains(self, what):
+        """A guest port that closes because QEMU ended is QEMU's failure, told with its reason (a
+        request sent meanwhile fails with a broken pipe)."""
+        try:
+            yield
+        except (WorkloadError, OSError):
+            if exited_within(self.machine.process, 2):
+                raise self.machine.failure(what) from None
             raise
 
     def _still_running(self, window):
