@@ -63,6 +63,19 @@ def test_timeout_stops_the_workload_and_keeps_its_records(traced):
     assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
 
 
+def test_timeout_stops_a_workload_that_spins_without_touching_memory(traced, tmp_path):
+    """A loop of one block without accesses: a block that writes records may leave its exit check
+    to its room check, which this one would never fail; it must keep its own, or neither the
+    guest's timer (for the runner to end the workload) nor QMP's stop reaches the vCPU."""
+    source = tmp_path / "register_spin.c"
+    source.write_text("int main(void)\n{\n    for (;;) {\n    }\n}\n")
+    program = tmp_path / "register_spin"
+    subprocess.run(["gcc", "-O1", "-static", "-o", program, source], check=True)
+    run, counts, info = traced("--workload_path_on_host", program, "--timeout", 2)
+    assert "--timeout 2 s" in run.stderr
+    assert counts["num_of_records"] == info["num_of_events_written_to_trace_buf"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_verbose_log_gives_the_window_on_the_monotonic_clock(tracer, mode):
     """-v logs the trace window's ends on the host's CLOCK_MONOTONIC, by which bench/profile.py keeps
