@@ -265,7 +265,8 @@ class SystemRun:
         try:
             yield
         except (WorkloadError, OSError):
-            if exited_within(self.machine.process, 2):
+            qemu = self.machine and self.machine.process     # none yet: QEMU did not start
+            if qemu is not None and exited_within(qemu, 2):
                 raise self.machine.failure(what) from None
             raise
 
