@@ -85,6 +85,7 @@ class SystemRun:
         self.private_dir = None
         self.machine = None
         self.channel = None
+        self.ports = []            # every runner port opened (the channel is one of them)
         self.consumer = None
         self.control = None
         self.process = None
@@ -242,6 +243,7 @@ class SystemRun:
         ports = self.machine.runner_ports()
         for socket_path, name in ports:
             channel = GuestChannel(socket_path, name)
+            self.ports.append(channel)
             self._cleanup.callback(channel.close)
             channel.connect(self.machine.is_alive, RUNNER_ANSWER_TIMEOUT_SECONDS)
             patience = RUNNER_ANSWER_TIMEOUT_SECONDS if name == ports[-1][1] else OTHER_PORT_PATIENCE_SECONDS
@@ -261,14 +263,21 @@ class SystemRun:
     @contextmanager
     def _ending_qemu_explains(self, what):
         """A guest port that closes because QEMU ended is QEMU's failure, told with its reason (a
-        request sent meanwhile fails with a broken pipe)."""
+        request sent meanwhile fails with a broken pipe). Only then is QEMU given time to end: a
+        workload that failed on a live QEMU is told at once."""
         try:
             yield
-        except (WorkloadError, OSError):
+        except (WorkloadError, OSError) as error:
             qemu = self.machine and self.machine.process     # none yet: QEMU did not start
-            if qemu is not None and exited_within(qemu, 2):
+            if qemu is not None and self._port_closed(error) and exited_within(qemu, 2):
                 raise self.machine.failure(what) from None
             raise
+
+    def _port_closed(self, error):
+        """Whether a runner port closed, as QEMU's end closes them: its reader saw the end, or the
+        error is a send that broke."""
+        return isinstance(error, (BrokenPipeError, ConnectionResetError)) or \
+            any(port.closed.is_set() for port in self.ports)
 
     def _still_running(self, window):
         if not self.machine.is_alive():
