@@ -18,7 +18,7 @@
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
-#define MAX_BLOCKS (1u << 20)   /* distinct blocks (start, length): a QEMU under QEMU makes some 30,000 */
+#define MAX_BLOCKS (1u << 20)   /* distinct block starts: a QEMU under QEMU makes some 30,000 */
 
 typedef struct {
     uint64_t vaddr;
@@ -26,24 +26,22 @@ typedef struct {
 } Block;
 
 static struct qemu_plugin_scoreboard *counts;  /* a uint64_t per block, per vCPU */
-static GHashTable *index_of;                   /* "vaddr:insns" -> block index + 1 */
+static GHashTable *index_of;                   /* &blocks[i].vaddr -> i + 1 */
 static Block blocks[MAX_BLOCKS];
 static unsigned n_blocks;
 static GMutex lock;
 static char *out_path;
 
-/* The block's slot: the same for every translation of the same code. */
+/* The block's slot: the same for every translation that starts there (their counts add up). */
 static unsigned block_index(struct qemu_plugin_tb *tb)
 {
     uint64_t vaddr = qemu_plugin_tb_vaddr(tb);
-    char *key = g_strdup_printf("%" PRIx64 ":%zu", vaddr, 1);
     unsigned index;
 
     g_mutex_lock(&lock);
-    gpointer found = g_hash_table_lookup(index_of, key);
+    gpointer found = g_hash_table_lookup(index_of, &vaddr);
     if (found) {
         index = GPOINTER_TO_UINT(found) - 1;
-        g_free(key);
     } else {
         if (n_blocks == MAX_BLOCKS) {
             fprintf(stderr, "block_instructions: more than %u blocks\n", MAX_BLOCKS);
@@ -52,7 +50,7 @@ static unsigned block_index(struct qemu_plugin_tb *tb)
         index = n_blocks++;
         const char *symbol = qemu_plugin_insn_symbol(qemu_plugin_tb_get_insn(tb, 0));
         blocks[index] = (Block){ vaddr, symbol ? g_strdup(symbol) : NULL };
-        g_hash_table_insert(index_of, key, GUINT_TO_POINTER(index + 1));
+        g_hash_table_insert(index_of, &blocks[index].vaddr, GUINT_TO_POINTER(index + 1));
     }
     g_mutex_unlock(&lock);
     return index;
@@ -109,7 +107,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         fprintf(stderr, "block_instructions: out=FILE is needed\n");
         return -1;
     }
-    index_of = g_hash_table_new(g_str_hash, g_str_equal);
+    index_of = g_hash_table_new(g_int64_hash, g_int64_equal);
     counts = qemu_plugin_scoreboard_new(MAX_BLOCKS * sizeof(uint64_t));
     qemu_plugin_register_vcpu_tb_trans_cb(id, translated);
     qemu_plugin_register_atexit_cb(id, at_exit, NULL);
