@@ -154,6 +154,21 @@ static bool system_emulation;
 static uint64_t in_place_records;         /* handed over in the ring's windows, ever */
 static bool fifo_splice;                  /* inline records go to the FIFO by vmsplice (see below) */
 static bool trace_broken;
+/*
+ * Standard records written inline (QEMU_PLUGIN_RECORD_WORD32_ADDR) leave
+ * bytes 4-7 of their word, an access record's ACCESS_WORD_HIGH, to the buffer:
+ * one constant fewer to load and store per record. Every record of a buffer
+ * that a vCPU writes into therefore holds them: a vCPU's own buffers from the
+ * start, the ring's free records from its opening. Only markers have other
+ * bytes there; a vCPU's own buffers never hold one (markers go out on their
+ * own), the ring does, and where the vCPU writes in place, the places of the
+ * markers copied in (marked_seqs, the head's count at each) get the bytes back
+ * when a window takes them again, read by then.
+ */
+static bool preset_words;
+#define ACCESS_WORD_HIGH ((uint64_t)GMBE_VALID_BYTE << 56)
+static GArray *marked_seqs;               /* uint64_t, ascending; under writer_lock */
+static guint marked_first;                /* marked_seqs before it are done with */
 static uint64_t written_to_file;          /* access records, since enable */
 static uint64_t untraced_children;        /* user mode: processes forked while the window was open */
 
@@ -294,6 +309,56 @@ static uint64_t ring_room(uint64_t wanted, bool may_block)
     }
 }
 
+static void preset_record_words(uint64_t *words, uint64_t records)
+{
+    if (preset_words) {
+        for (uint64_t i = 0; i < records; i++) {
+            words[i * FORMAT_STANDARD] = ACCESS_WORD_HIGH;
+        }
+    }
+}
+
+static bool holds_access_word_high(const uint64_t *record)
+{
+    return (record[0] & ~(uint64_t)UINT32_MAX) == ACCESS_WORD_HIGH;
+}
+
+/* count records copied into the ring at the head's count seq: note where a marker went. */
+static void note_marked_seqs(uint64_t seq, const uint64_t *records, uint64_t count)
+{
+    if (!preset_words || !shm_doubled) {
+        return;        /* or the vCPU never writes into the ring itself */
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        if (!holds_access_word_high(&records[i * FORMAT_STANDARD])) {
+            g_array_append_val(marked_seqs, (uint64_t){ seq + i });
+        }
+    }
+}
+
+/*
+ * A window of the ring taken at the head's count seq, extent records long (all
+ * of them read): the markers' places among them get their bytes back. A place
+ * passed before it came into a window was written over by records copied in,
+ * which brought their own.
+ */
+static void put_back_marked_seqs(uint64_t seq, uint64_t extent)
+{
+    const uint64_t capacity = shm_ring->capacity;
+    while (marked_first < marked_seqs->len) {
+        uint64_t marked = g_array_index(marked_seqs, uint64_t, marked_first);
+        if (marked + capacity >= seq + extent) {
+            return;
+        }
+        if (marked + capacity >= seq) {
+            shm_words[(marked & (capacity - 1)) * FORMAT_STANDARD] = ACCESS_WORD_HIGH;
+        }
+        marked_first++;
+    }
+    g_array_set_size(marked_seqs, 0);
+    marked_first = 0;
+}
+
 /* The ring's side of write_fully: copy into the consumer's mapping, publish the head. */
 static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
 {
@@ -314,6 +379,7 @@ static bool write_to_shm_ring(const void *data, size_t len, bool may_block)
             count = capacity - start;
         }
         memcpy(&shm_words[start * words], p, count * record_bytes());
+        note_marked_seqs(head, p, count);
         __atomic_store_n(&shm_ring->head, head + count, __ATOMIC_RELEASE);
         gmbe_ring_wake_reader(shm_ring);
         p += count * words;
@@ -571,6 +637,14 @@ static uint64_t *take_spare_buffer_locked(void)
     return NULL;
 }
 
+/* A vCPU's buffer, every record of it preset (preset_record_words). */
+static uint64_t *new_record_buffer(void)
+{
+    uint64_t *words = g_new(uint64_t, buffer_capacity() * config.record_words);
+    preset_record_words(words, buffer_capacity());
+    return words;
+}
+
 /* Before the vCPU starts its buffer again: another one if the pipe may still hold this one. */
 static void renew_buffer_if_in_pipe_locked(VcpuRing *r)
 {
@@ -585,7 +659,7 @@ static void renew_buffer_if_in_pipe_locked(VcpuRing *r)
         r->own_words = take_spare_buffer_locked();
     }
     if (!r->own_words) {
-        r->own_words = g_new(uint64_t, buffer_capacity() * config.record_words);
+        r->own_words = new_record_buffer();
     }
     r->words = r->own_words;
     r->words_in_pipe = false;
@@ -731,7 +805,9 @@ static uint64_t take_ring_window_locked(VcpuRing *r, uint64_t limit)
     r->window_seq = head;
     r->window_generation = ring_generation;
     room -= INLINE_SLACK_RECORDS;
-    return room < limit ? room : limit;
+    limit = room < limit ? room : limit;
+    put_back_marked_seqs(head, limit + INLINE_SLACK_RECORDS);
+    return limit;
 }
 
 /*
@@ -1114,7 +1190,7 @@ static void leave_buffers_in_pipe_alone(void)
     }
     for (unsigned i = 0; i < num_rings; i++) {
         if (rings[i]) {
-            rings[i]->own_words = rings[i]->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+            rings[i]->own_words = rings[i]->words = new_record_buffer();
             rings[i]->words_in_pipe = false;
             rings[i]->inline_tail = 0;
             qemu_plugin_set_record_buffer(i, rings[i]->words,
@@ -1607,7 +1683,7 @@ static bool register_block_records(struct qemu_plugin_tb *tb, unsigned cpl)
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
     if (use_inline) {
         enum qemu_plugin_record_layout layout = config.record_words == FORMAT_COMPACT
-                                                ? QEMU_PLUGIN_RECORD_ADDR48 : QEMU_PLUGIN_RECORD_WORD_ADDR;
+                                                ? QEMU_PLUGIN_RECORD_ADDR48 : QEMU_PLUGIN_RECORD_WORD32_ADDR;
         qemu_plugin_register_vcpu_tb_mem_inline_record(tb, QEMU_PLUGIN_MEM_RW, layout, record_word,
                                                        cpl_udata(cpl));
         return true;
@@ -1699,7 +1775,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
     }
     if (!rings[vcpu_index]) {
         VcpuRing *r = g_new0(VcpuRing, 1);
-        r->own_words = r->words = g_new(uint64_t, buffer_capacity() * config.record_words);
+        r->own_words = r->words = new_record_buffer();
         r->header = config.record_words == FORMAT_COMPACT ? (uint64_t)(vcpu_index & 0xffu) << 56
                                                           : gmbe_vcpu_header(vcpu_index);
         r->vcpu_bits = r->header & ~((uint64_t)GMBE_VALID_BYTE << 56);
@@ -1977,11 +2053,29 @@ static bool open_shm_ring(char **error)
     if (!shm_doubled) {
         shm_words = (uint64_t *)((char *)map + h->data_offset);
     }
+    g_array_set_size(marked_seqs, 0);
+    marked_first = 0;
     close(fd);
     shm_ring_size = (size_t)st.st_size;
     shm_ring = h;
     ring_generation++;
     return true;
+}
+
+/*
+ * The free records of a ring just opened get an access record's high word
+ * (preset_words); the unread ones are noted where they are markers.
+ */
+static void preset_free_ring_records(void)
+{
+    const uint64_t capacity = shm_ring->capacity;
+    uint64_t tail = __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
+    for (uint64_t seq = tail; seq < shm_ring->head; seq++) {
+        note_marked_seqs(seq, &shm_words[(seq & (capacity - 1)) * FORMAT_STANDARD], 1);
+    }
+    for (uint64_t seq = shm_ring->head; seq < tail + capacity; seq++) {
+        preset_record_words(&shm_words[(seq & (capacity - 1)) * FORMAT_STANDARD], 1);
+    }
 }
 
 static bool open_trace(char **error)
@@ -1996,6 +2090,9 @@ static bool open_trace(char **error)
         /* Both given: the ring if the tool attached to it (gmbe_ring.h), else the FIFO. */
         if (!config.trace_fifo_path || __atomic_load_n(&shm_ring->attached, __ATOMIC_ACQUIRE)) {
             populate_for_writing(shm_words, shm_doubled ? 2 * shm_words_bytes : shm_words_bytes);
+            if (shm_doubled) {
+                preset_free_ring_records();
+            }
             return true;
         }
         pthread_mutex_lock(&writer_lock);
@@ -2349,9 +2446,11 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     }
     plugin_id = id;
     buffer_mask = config.buffer_records - 1;
+    marked_seqs = g_array_new(false, false, sizeof(uint64_t));
 #ifdef QEMU_PLUGIN_HAS_INLINE_RECORD
     /* Extended records need the TLB at the access (the physical address): a callback's job. */
     use_inline = !config.callback_records && config.record_words != FORMAT_EXTENDED && inline_available();
+    preset_words = use_inline && config.record_words == FORMAT_STANDARD;
     spare_buffers = g_array_new(false, false, sizeof(SpareBuffer));
     if (use_inline) {
         qemu_plugin_register_record_full_cb(id, inline_buffer_full, NULL);

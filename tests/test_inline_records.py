@@ -15,7 +15,7 @@ import pytest
 
 from conftest import PROGRAMS, QEMU_DIR, mappings_of
 from memtracer.qemu.plugin_control import ControlChannel, parse_counters
-from memtracer.record import records_from_bytes
+from memtracer.record import is_marker, records_from_bytes
 from memtracer.run.workload import ProtocolSession
 from memtracer.trace.shm_ring import ShmRingReader, create_ring
 from memtracer.trace.trace_file import HEADER as TRACE_FILE_HEADER
@@ -32,7 +32,8 @@ def run_traced(program, *plugin_args):
     its output."""
     run = subprocess.run(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin",
                           ",".join([str(PLUGIN), *plugin_args]), *program],
-                         capture_output=True, text=True, timeout=120, env=GUEST_ENVIRONMENT)
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                         env=GUEST_ENVIRONMENT)
     assert run.returncode == 0, run.stderr
     return run.stdout
 
@@ -181,6 +182,29 @@ def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, samplin
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
     assert_each_vcpus_records_are_its_files(records, files)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("buffer_records", [1, 4096])
+def test_markers_copied_into_the_ring_leave_the_records_after_them_whole(tmp_path, buffer_records):
+    """Records written in place leave bytes 4-7 of their word to the ring, which keeps an access
+    record's there; a marker copied in brings others, which the plugin puts back before the vCPU
+    writes there again. marked_loop's three markers, then some 100,000 accesses through a small
+    ring that wraps a dozen times after them: the ring's stream is the trace file's, byte for byte."""
+    def run_marked_loop(*plugin_args):
+        assert "Stop tracing" in run_traced([PROGRAMS / "marked_loop", "100000"], f"buffer_records={buffer_records}",
+                                            *plugin_args)
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    run_marked_loop(f"trace_dir={folder}")
+    ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
+    with small_ring_read_slowly(ring) as chunks:
+        run_marked_loop(f"trace_shm_path={ring}", f"counters_path={counters}")
+    records = records_from_bytes(b"".join(chunks))
+    assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
+    assert is_marker(records).sum() == 3
+    assert records.tobytes() == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
 
 
 def resident_bytes_of(pid, path):
