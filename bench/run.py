@@ -413,7 +413,7 @@ def suite_table(suite, rows, pipe_rate):
               ("mem plugin", "untraced"), ("compact 8B", "untraced"), ("extended 32B", "untraced"),
               ("insn limit", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
     header = ["workload", *[f"{m} ms" for m in modes], *[f"{a}/{b}" for a, b in ratios],
-              "M accesses/s traced", "dropped+missing"]
+              "M accesses/s traced", "M accesses/s untraced", "dropped+missing"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     summary = {}
     for name, runs in rows:
@@ -423,15 +423,19 @@ def suite_table(suite, rows, pipe_rate):
         records = traced["num_of_events_written_to_trace_buf"]
         lost = traced.get("num_of_dropped_events", 0) + traced.get("num_of_missing_events", 0)
         rate = records / ms["traced"] / 1000
+        # The guest's own pace: as many accesses as traced, in untraced QEMU's time. No trace can
+        # be delivered faster than QEMU makes the accesses.
+        untraced_rate = records / ms["untraced"] / 1000
         ratio = {f"{a}/{b}": ms[a] / ms[b] for a, b in ratios if ms[a] is not None}
         fifo_rate = records / ms["FIFO, other tool"] / 1000
         of_minimums = {f"{a}/{b} of minimums": least[a] / least[b] for a, b in ratios if least[a] is not None}
-        summary[name] = ratio | of_minimums | {"rate": rate, "lost": lost, "fifo_rate": fifo_rate,
+        summary[name] = ratio | of_minimums | {"rate": rate, "untraced_rate": untraced_rate, "lost": lost,
+                                               "fifo_rate": fifo_rate,
                                                "pipe_rate": pipe_rate / 1e6}
         lines.append("| " + " | ".join([name, *[f"{ms[m]:.0f}" if ms[m] is not None else "-" for m in modes],
                                          *[f"{ratio[f'{a}/{b}']:.2f}x" if f"{a}/{b}" in ratio else "-"
                                            for a, b in ratios],
-                                         f"{rate:.0f}", str(lost)]) + " |")
+                                         f"{rate:.0f}", f"{untraced_rate:.0f}", str(lost)]) + " |")
     stolen = [r[STEAL] for _, runs in rows for mode in runs for r in runs[mode] if STEAL in r]
     lines += ["", f"The hypervisor took this machine's CPUs for {STEAL_NOTED_MS} ms or more during "
               f"{sum(s >= STEAL_NOTED_MS for s in stolen)} of the {len(stolen)} runs (steal time in /proc/stat, over "
@@ -466,8 +470,11 @@ def goals_lines(summaries):
     if system:
         worst, shown = worst_ratio(system.values(), "traced/untraced")
         checks.append(("full-system traced/untraced <= 1.3x (count)", shown, worst <= 1.3))
-        rate = min(v["rate"] for v in system.values())
-        checks.append((">= 200 M records/s delivered full-system", f"{rate:.0f} M/s (lowest)", rate >= 200))
+        slowest = min(system.values(), key=lambda v: v["rate"])
+        rate = slowest["rate"]
+        checks.append((">= 200 M records/s delivered full-system",
+                       f"{rate:.0f} M/s (lowest; untraced QEMU makes that workload's accesses at "
+                       f"{slowest['untraced_rate']:.0f} M/s)", rate >= 200))
     if user:
         worst, shown = worst_ratio(user.values(), "traced/untraced")
         checks.append(("user mode traced/untraced <= 2.0x (count)", shown, worst <= 2.0))
