@@ -323,11 +323,11 @@ static bool holds_access_word_high(const uint64_t *record)
     return (record[0] & ~(uint64_t)UINT32_MAX) == ACCESS_WORD_HIGH;
 }
 
-/* count records copied into the ring at the head's count seq: note where a marker went. */
+/* Records copied into the ring, count of them from the head's count seq: where markers went. */
 static void note_marked_seqs(uint64_t seq, const uint64_t *records, uint64_t count)
 {
-    if (!preset_words || !shm_doubled) {
-        return;        /* or the vCPU never writes into the ring itself */
+    if (!preset_words || !shm_doubled || !__atomic_load_n(&ring_windows, __ATOMIC_ACQUIRE)) {
+        return;        /* or no vCPU writes into the ring itself again */
     }
     for (uint64_t i = 0; i < count; i++) {
         if (!holds_access_word_high(&records[i * FORMAT_STANDARD])) {
@@ -348,15 +348,18 @@ static void put_back_marked_seqs(uint64_t seq, uint64_t extent)
     while (marked_first < marked_seqs->len) {
         uint64_t marked = g_array_index(marked_seqs, uint64_t, marked_first);
         if (marked + capacity >= seq + extent) {
-            return;
+            break;
         }
         if (marked + capacity >= seq) {
             shm_words[(marked & (capacity - 1)) * FORMAT_STANDARD] = ACCESS_WORD_HIGH;
         }
         marked_first++;
     }
-    g_array_set_size(marked_seqs, 0);
-    marked_first = 0;
+    /* Those done with go once they are half of them: markers that never stop come to no more. */
+    if (marked_first > marked_seqs->len / 2) {
+        g_array_remove_range(marked_seqs, 0, marked_first);
+        marked_first = 0;
+    }
 }
 
 /* The ring's side of write_fully: copy into the consumer's mapping, publish the head. */
