@@ -838,7 +838,7 @@ static uint64_t inline_position(VcpuRing *r)
 static uint64_t record_word(qemu_plugin_meminfo_t info, void *udata)
 {
     uint64_t bits = decode_meminfo_slow(info) | (uintptr_t)udata;
-    return config.record_words == FORMAT_COMPACT ? bits << 48 : ((uint64_t)GMBE_VALID_BYTE << 56) | bits;
+    return config.record_words == FORMAT_COMPACT ? bits << 48 : ACCESS_WORD_HIGH | bits;
 }
 
 /*
@@ -1781,7 +1781,7 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
         r->own_words = r->words = new_record_buffer();
         r->header = config.record_words == FORMAT_COMPACT ? (uint64_t)(vcpu_index & 0xffu) << 56
                                                           : gmbe_vcpu_header(vcpu_index);
-        r->vcpu_bits = r->header & ~((uint64_t)GMBE_VALID_BYTE << 56);
+        r->vcpu_bits = r->header & ~ACCESS_WORD_HIGH;
         r->index = vcpu_index;
         r->fd = -1;
         rings[vcpu_index] = r;
@@ -2067,18 +2067,17 @@ static bool open_shm_ring(char **error)
 
 /*
  * The free records of a ring just opened get an access record's high word
- * (preset_words); the unread ones are noted where they are markers.
+ * (preset_words); the unread ones are noted where they are markers. The ring
+ * is mapped twice in a row (shm_doubled), so either run of records is one
+ * stretch of memory, however it wraps.
  */
 static void preset_free_ring_records(void)
 {
     const uint64_t capacity = shm_ring->capacity;
     uint64_t tail = __atomic_load_n(&shm_ring->tail, __ATOMIC_ACQUIRE);
-    for (uint64_t seq = tail; seq < shm_ring->head; seq++) {
-        note_marked_seqs(seq, &shm_words[(seq & (capacity - 1)) * FORMAT_STANDARD], 1);
-    }
-    for (uint64_t seq = shm_ring->head; seq < tail + capacity; seq++) {
-        preset_record_words(&shm_words[(seq & (capacity - 1)) * FORMAT_STANDARD], 1);
-    }
+    uint64_t head = shm_ring->head;
+    note_marked_seqs(tail, &shm_words[(tail & (capacity - 1)) * FORMAT_STANDARD], head - tail);
+    preset_record_words(&shm_words[(head & (capacity - 1)) * FORMAT_STANDARD], tail + capacity - head);
 }
 
 static bool open_trace(char **error)
