@@ -57,7 +57,9 @@ class TraceSettings:
                "writing them in place in the ring (one vCPU only; for comparison).")
     record_between_samples: bool = setting(
         False, "With sampling, write every record and keep the sampled ones when handing them over, "
-               "instead of running code that only counts accesses between the samples (for comparison).")
+               "instead of running code that only counts accesses between the samples (for comparison; "
+               "sampled runs do so by themselves where samples come often: 1 in 2^R for R below 7 in "
+               "user mode, below 9 in full system).")
 
     @classmethod
     def from_arguments(cls, args):

@@ -54,10 +54,14 @@ def trace_files(tmp_path, name, *plugin_args):
     return files, parse_counters(counters.read_text())
 
 
-# (settings, 1 in how many events is traced, whether the gaps are long enough to count through)
-SAMPLINGS = {"all": ((), 1, False),
-             "sampled": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=3"), 8, False),
-             "sparse": (("log_of_GMBE_block_len=4", "log_of_GMBE_tracing_ratio=10"), 1024, True)}
+# (settings, 1 in how many events is traced, whether the gaps are long enough to count through,
+# whether counting blocks write the samples: where the gaps are not, for samples 1 in 2^7 or fewer in
+# user mode; else every record is written)
+SAMPLINGS = {"all": ((), 1, False, False),
+             "sampled": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=3"), 8, False, False),
+             "sampled, counted": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=7"), 128, False, True),
+             "1 in 1024": (("log_of_GMBE_tracing_ratio=10",), 1024, False, True),
+             "sparse": (("log_of_GMBE_block_len=4", "log_of_GMBE_tracing_ratio=10"), 1024, True, False)}
 
 
 @pytest.mark.qemu
@@ -65,7 +69,7 @@ SAMPLINGS = {"all": ((), 1, False),
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("buffer_records", [1, 4096])
 def test_inline_records_are_the_callbacks_records(tmp_path, record_format, sampling, buffer_records):
-    sampled, ratio, counted_through_gaps = SAMPLINGS[sampling]
+    sampled, ratio, counted_through_gaps, samples_counted = SAMPLINGS[sampling]
     settings = (f"record_format={record_format}", f"buffer_records={buffer_records}", *sampled)
     inline, inline_counters = trace_files(tmp_path, "inline", *settings)
     callback, callback_counters = trace_files(tmp_path, "callback", *settings, "callback_records=on")
@@ -84,7 +88,8 @@ def test_inline_records_are_the_callbacks_records(tmp_path, record_format, sampl
     assert inline_counters["num_of_events_waiting_in_trace_buf"] == inline_counters["num_of_dropped_events"] == 0
     assert 0.9 * ratio <= events / written <= ratio     # each vCPU begins with a traced block
     assert (inline_counters["counted_only_records"] > events // 2) == counted_through_gaps
-    assert callback_counters["counted_only_records"] == 0
+    assert (inline_counters["counted_samples"] == written) == samples_counted
+    assert callback_counters["counted_only_records"] == callback_counters["counted_samples"] == 0
 
 
 @pytest.mark.qemu
@@ -167,7 +172,7 @@ def small_ring_read_slowly(path):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("sampling", ["all", "sampled"])
+@pytest.mark.parametrize("sampling", ["all", "sampled", "sampled, counted"])
 @pytest.mark.parametrize("buffer_records", [1, 4096])
 def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, sampling, buffer_records):
     """While the guest has one thread, its vCPU writes records straight into the shared-memory
@@ -341,7 +346,7 @@ int main(int argc, char **argv)
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("sampling", ["sampled", "sparse"])
+@pytest.mark.parametrize("sampling", ["sampled, counted", "sparse"])
 @pytest.mark.parametrize("buffer_records", [1, 4096])
 def test_blocks_that_count_at_their_start_leave_at_the_limit(tmp_path, sampling, buffer_records):
     """A block that counts its records at its start does not check for an exit request: at the
@@ -353,7 +358,7 @@ def test_blocks_that_count_at_their_start_leave_at_the_limit(tmp_path, sampling,
     source.write_text(PAIRED_LOOP)
     program = tmp_path / "paired_loop"
     subprocess.run(["gcc", "-O1", "-static", "-o", program, source], check=True)
-    settings, _, counted_through_gaps = SAMPLINGS[sampling]
+    settings, _, counted_through_gaps, samples_counted = SAMPLINGS[sampling]
     traces = {}
     for path, extra in (("inline", ()), ("callback", ("callback_records=on",))):
         folder, counters = tmp_path / path, tmp_path / f"{path}.counters"
@@ -365,6 +370,7 @@ def test_blocks_that_count_at_their_start_leave_at_the_limit(tmp_path, sampling,
     assert len(inline) > 1000 * 16 and inline == callback
     events = inline_counters["num_of_GMBE_events_since_enabling_GMBEOO"]
     assert (inline_counters["counted_only_records"] > events // 2) == counted_through_gaps
+    assert (inline_counters["counted_samples"] > 0) == samples_counted
 
 
 def register_pressure_source(steps=96, accumulators="abcdefghijkl"):
