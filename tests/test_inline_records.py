@@ -115,16 +115,19 @@ def read_slowly(fifo, into):
 
 
 @pytest.mark.qemu
-def test_the_fifo_gets_the_buffers_by_vmsplice_intact(tmp_path):
+@pytest.mark.parametrize("sampling", ["all", "sampled"])
+def test_the_fifo_gets_the_buffers_by_vmsplice_intact(tmp_path, sampling):
     """Inline records go to a FIFO by vmsplice (the pipe holds the buffers' pages until the reader
     has read them): each vCPU's records in the FIFO are its trace file's, byte for byte, though the
-    reader lags far behind."""
-    files, _ = trace_files(tmp_path, "files")
+    reader lags far behind. Sampled often, every record is written and the sampled ones moved
+    together in buffers larger than a run's that keeps them all."""
+    settings = SAMPLINGS[sampling][0]
+    files, _ = trace_files(tmp_path, "files", *settings)
     fifo, counters, chunks = tmp_path / "trace.fifo", tmp_path / "fifo.counters", []
     os.mkfifo(fifo)
     reader = threading.Thread(target=read_slowly, args=(fifo, chunks))
     reader.start()
-    run_helper_paths(f"trace_fifo_path={fifo}", f"counters_path={counters}")
+    run_helper_paths(f"trace_fifo_path={fifo}", f"counters_path={counters}", *settings)
     reader.join(timeout=60)
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["spliced_records"] > len(records) // 2
