@@ -1057,7 +1057,11 @@ static bool gaps_counted(uint64_t mask)
 #define LOG_MIN_COUNTED_RATIO_USER 7
 #define LOG_MIN_COUNTED_RATIO_SYSTEM 9
 
-/* Where they are not: whether counting blocks write the samples, all along (one in 2^R, R the mask's bits). */
+/*
+ * Where the gaps are too short to change translation for: whether counting
+ * blocks write the samples all along (one in 2^R, R the mask's bits), or the
+ * vCPU writes every record.
+ */
 static bool samples_counted(uint64_t mask)
 {
     unsigned log_min_ratio = system_emulation ? LOG_MIN_COUNTED_RATIO_SYSTEM : LOG_MIN_COUNTED_RATIO_USER;
