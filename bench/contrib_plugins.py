@@ -1,8 +1,9 @@
 """Plugins for the bench, built against the plugin header of the Debian source that build.py
 unpacked: QEMU's own test plugins (tests/tcg/plugins/, never committed), `mem`, an anchor to compare
-the tracer with, and `insn`, which counts the instructions that a QEMU under it executes
-(bench/instructions.py); and bench/block_instructions.c, which counts them block by block
-(bench/instructions.py --by-symbol)."""
+the tracer with, `bb`, whose inline counters per block are the least that instrumenting QEMU's
+blocks costs (an anchor for sampled traces, which count the accesses of every block), and `insn`,
+which counts the instructions that a QEMU under it executes (bench/instructions.py); and
+bench/block_instructions.c, which counts them block by block (bench/instructions.py --by-symbol)."""
 import json
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from memtracer.layout import BUILD_DIR, DEFAULT_QEMU_DIR
 
 MEM_PLUGIN = BUILD_DIR / "bench" / "libmem.so"
+BB_PLUGIN = BUILD_DIR / "bench" / "libbb.so"
 INSN_PLUGIN = BUILD_DIR / "bench" / "libinsn.so"
 BLOCK_PLUGIN = BUILD_DIR / "bench" / "libblock_instructions.so"
 

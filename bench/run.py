@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """The performance table, side by side in one run, with the anchors.
 
-Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace; also Debian's own binaries, to
-compare the patched QEMU with), traced (lossless, to the C count tool, which takes the shared-memory
-ring: records written by the generated code, in place in the ring with one vCPU), the same copied
-into the ring from the vCPU's buffer (--ring_by_copy), through the plugin's callback
-(--callback_records), through the FIFO to a tool that knows only the original protocol
-(bench/fifo_reader.py; beside a raw pipe's capacity measured in the same run), to the Python API's
-count.py, CPL3-only, sampled 1/1024; anchors: QEMU's own upstream `mem` plugin in its
-callback mode (tests/tcg/plugins/mem.c, built here from Debian's QEMU source, never committed)
-and, in user mode, Valgrind lackey --trace-mem=yes (~1000x slower: one round, and only on programs
-that run natively in under 100 ms). In full-system mode (the built-in image) and
-user mode; workloads: a memory-heavy C loop and real Debian programs (gzip, sort, xz) on
-generated text (to_run_on_guest/programs/make_text.c, the same bytes everywhere). Rounds are
+Modes: native (--dont_use_qemu), untraced QEMU (--dont_trace; also Debian's own binaries, to compare
+the patched QEMU with), traced (lossless, to the C count tool, which takes the shared-memory ring:
+records written by the generated code, in place in the ring with one vCPU), the same copied into the
+ring from the vCPU's buffer (--ring_by_copy), through the plugin's callback (--callback_records),
+through the FIFO to a tool that knows only the original protocol (bench/fifo_reader.py; beside a raw
+pipe's capacity measured in the same run), to the Python API's count.py, CPL3-only, sampled 1/1024;
+anchors: QEMU's own upstream `mem` plugin in its callback mode (tests/tcg/plugins/mem.c, built here
+from Debian's QEMU source, never committed), its `bb` plugin counting blocks with inline adds (the
+least that instrumenting every block costs, beside sampled traces, which count every block's
+accesses) and, in user mode, Valgrind lackey --trace-mem=yes (~1000x slower: one round, and only on
+programs that run natively in under 100 ms). In full-system mode (the built-in image) and user mode;
+workloads: a memory-heavy C loop and real Debian programs (gzip, sort, xz) on generated text
+(to_run_on_guest/programs/make_text.c, the same bytes everywhere). Rounds are
 interleaved (each runs every mode once, in an order shuffled anew each round, so that no mode
 always runs after the same one); the tables show medians and ratios, never single times, and the
 goals give the ratios of the minimums beside those of the medians. Where two modes' times lie
@@ -77,6 +78,7 @@ OUT = REPO / "bench" / "out"
 COUNT = ["--analysis_tool_path", str(ANALYSIS_TOOLS_DIR / "count"), "--print_trace_info"]
 PYTHON_COUNT = ["--analysis_tool_path", str(REPO / "analysis_tools" / "python" / "count.py"), "--print_trace_info"]
 MEM_PLUGIN = contrib_plugins.MEM_PLUGIN
+BB_PLUGIN = contrib_plugins.BB_PLUGIN
 QEMU_MODES = {
     "untraced": ["--dont_trace"],
     "untraced Debian": ["--dont_trace"],      # Debian's own QEMU binaries (DEBIAN_QEMU_DIR)
@@ -88,6 +90,8 @@ QEMU_MODES = {
     "CPL3-only": COUNT + ["--trace_only_CPL3_code_GMBE"],
     "sampled 1/1024": COUNT + ["--log_of_GMBE_tracing_ratio", "10"],
     "mem plugin": ["--dont_trace", "--qemu_plugin", f"{MEM_PLUGIN},callback=on"],
+    # QEMU's bb plugin, two inline adds per block: what instrumenting every block costs at the least
+    "bb plugin inline": ["--dont_trace", "--qemu_plugin", f"{BB_PLUGIN},inline=on"],
     # issue 6: the opt-in formats, and the cost of counting instructions for --max_instructions
     "compact 8B": COUNT + ["--record_format", "compact"],
     "extended 32B": COUNT + ["--record_format", "extended"],
@@ -118,7 +122,7 @@ PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reportin
 COLORS = {"traced": "tab:blue", "callback": "tab:olive", "ring by copy": "gold", "untraced Debian": "black",
           "FIFO, other tool": "tab:pink", "count.py": "tab:orange", "CPL3-only": "tab:green", "sampled 1/1024": "tab:red",
           "mem plugin": "tab:purple", "compact 8B": "tab:cyan", "extended 32B": "tab:brown",
-          "insn limit": "tab:gray"}
+          "insn limit": "tab:gray", "bb plugin inline": "navy"}
 # The goals between modes whose times lie within this machine's noise of each other are decided
 # back to back: the three runs of a triple one right after the other, one triple in each order,
 # and the median of the triples' ratios (a round's modes are minutes apart in full system, where
@@ -453,7 +457,8 @@ def suite_table(suite, rows, pipe_rate):
     ratios = [("traced", "native"), ("traced", "untraced"), ("callback", "untraced"),
               ("FIFO, other tool", "untraced"), ("untraced", "untraced Debian"), ("count.py", "untraced"),
               *([("CPL3-only", "untraced")] if suite == "system" else []), ("sampled 1/1024", "untraced"),
-              ("mem plugin", "untraced"), ("compact 8B", "untraced"), ("extended 32B", "untraced"),
+              ("mem plugin", "untraced"), ("bb plugin inline", "untraced"), ("compact 8B", "untraced"),
+              ("extended 32B", "untraced"),
               ("insn limit", "untraced"), *([("lackey", "native")] if "lackey" in modes else [])]
     header = ["workload", *[f"{m} ms" for m in modes], *[f"{a}/{b}" for a, b in ratios],
               "M accesses/s traced", "M accesses/s untraced", "dropped+missing"]
@@ -586,6 +591,7 @@ def main():
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     contrib_plugins.build("mem.c", MEM_PLUGIN)
+    contrib_plugins.build("bb.c", BB_PLUGIN)
     build_cpu_pair()
     lines, summaries, touch_rates, raw_runs = [], {}, [], {}
     with tempfile.TemporaryDirectory() as data_dir:
