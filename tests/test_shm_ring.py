@@ -50,10 +50,11 @@ def test_the_python_reader_takes_its_page_faults_when_it_maps_the_ring_not_while
     """Else the reader's first lap over the ring faults on every page while the vCPU waits."""
     create_ring(tmp_path / "trace.ring")
     with ShmRingReader(tmp_path / "trace.ring") as ring:
+        ring.records[:1].view("u8").sum()   # NumPy's own first faults (its code, its buffers) before
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         ring.records.view("u8").sum()
         # a few of NumPy's own at most: the ring's 4 MiB would take 64 or more
-        assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 8
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before < 16
 
 
 def test_head_is_never_read_torn(tmp_path):
