@@ -226,6 +226,12 @@ static inline unsigned log_sampling_period(uint64_t mask)
     return (unsigned)__builtin_ctzll(mask) + (unsigned)__builtin_popcountll(mask);
 }
 
+/* Whether a sampling mask's period, 2^(L+R), fits in 64 bits (it does not for L + R = 64). */
+static inline bool sampling_period_fits(uint64_t mask)
+{
+    return (mask >> 63) == 0;
+}
+
 /*
  * The guest shares our fd table in user mode, and programs close or dup2 over
  * low fds: keep ours out of their way, close-on-exec, in the top slots of the
@@ -1009,7 +1015,7 @@ static void settle_inline_locked(VcpuRing *r, bool may_block)
         add_vcpu_bits(r, from, to);
         r->events += to - from;
         deliver_locked(r, from, to, may_block);
-    } else if ((mask >> 63) == 0) {         /* its period, 2^(L+R), fits in 64 bits */
+    } else if (sampling_period_fits(mask)) {
         deliver_sampled_locked(r, from, to, mask, may_block);
     } else {
         add_vcpu_bits(r, from, to);
@@ -1074,7 +1080,7 @@ static bool samples_counted(uint64_t mask)
 /* Whether a vCPU that traces with this sampling writes every record, never counting. */
 static bool writes_every_record(uint64_t mask)
 {
-    return mask == 0 || (mask >> 63) || (!gaps_counted(mask) && !samples_counted(mask));
+    return mask == 0 || !sampling_period_fits(mask) || (!gaps_counted(mask) && !samples_counted(mask));
 }
 
 /* Where the vCPU's new buffer ends, and whether it counts or writes records till there. */
@@ -1110,7 +1116,7 @@ static uint64_t plan_buffer_locked(VcpuRing *r, bool *count)
         r->unwritten_end = r->stream_base;
         r->unwritten_untraced = false;
     }
-    if (mask == 0 || (mask >> 63)) {
+    if (mask == 0 || !sampling_period_fits(mask)) {
         return limit;
     }
     uint64_t block = traced_block(mask);
