@@ -270,6 +270,7 @@ static void raise_pipe_size(int fd)
 #define COLD __attribute__((noinline, cold))
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* An access's size, sign, endianness and direction bits by QEMU's accessors, kept in the table. */
 static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
 {
     uint8_t bits = qemu_plugin_mem_size_shift(info) & GMBE_SIZE_SHIFT_MASK;
@@ -282,7 +283,19 @@ static COLD uint8_t decode_meminfo_slow(qemu_plugin_meminfo_t info)
     if (qemu_plugin_mem_is_store(info)) {
         bits |= GMBE_STORE_BIT;
     }
+    if (info < MEMINFO_TABLE_SIZE) {
+        __atomic_store_n(&meminfo_table[info], bits | MEMINFO_DECODED, __ATOMIC_RELAXED);
+    }
     return bits;
+}
+
+/*
+ * The table's bits for an access, MEMINFO_DECODED set; 0 where not decoded
+ * yet. The accessor calls cost ~5 ns, a table hit one load.
+ */
+static inline uint8_t decoded_meminfo(qemu_plugin_meminfo_t info)
+{
+    return info < MEMINFO_TABLE_SIZE ? __atomic_load_n(&meminfo_table[info], __ATOMIC_RELAXED) : 0;
 }
 
 /* ------------------------------------------------------- writing the trace */
@@ -847,7 +860,8 @@ static uint64_t inline_position(VcpuRing *r)
 /* The constant word of an access's record: what store_record writes but the vCPU and address. */
 static uint64_t record_word(qemu_plugin_meminfo_t info, void *udata)
 {
-    uint64_t bits = decode_meminfo_slow(info) | (uintptr_t)udata;
+    uint8_t decoded = decoded_meminfo(info);
+    uint64_t bits = (decoded ? decoded & ~MEMINFO_DECODED : decode_meminfo_slow(info)) | (uintptr_t)udata;
     return config.record_words == FORMAT_COMPACT ? bits << 48 : ACCESS_WORD_HIGH | bits;
 }
 
@@ -1435,9 +1449,6 @@ static COLD void trace_access_slow(VcpuRing *r, qemu_plugin_meminfo_t info, uint
                                    uintptr_t udata, RecordWords words)
 {
     uint8_t bits = decode_meminfo_slow(info);
-    if (info < MEMINFO_TABLE_SIZE) {
-        __atomic_store_n(&meminfo_table[info], bits | MEMINFO_DECODED, __ATOMIC_RELAXED);
-    }
     uint64_t head = r->head;
     if (ring_full(r, head) && !make_room(r)) {
         return;
@@ -1467,9 +1478,7 @@ static inline void trace_access(unsigned int vcpu_index, qemu_plugin_meminfo_t i
     if (event_index & __atomic_load_n(&sampling_mask, __ATOMIC_RELAXED)) {
         return;
     }
-    /* The accessor calls cost ~5 ns; a table hit costs one load. */
-    uint8_t cached = info < MEMINFO_TABLE_SIZE
-                     ? __atomic_load_n(&meminfo_table[info], __ATOMIC_RELAXED) : 0;
+    uint8_t cached = decoded_meminfo(info);
     uint64_t head = r->head;
     if (UNLIKELY(cached == 0) || UNLIKELY(ring_full(r, head))) {
         trace_access_slow(r, info, vaddr, udata, words);
