@@ -55,6 +55,11 @@ class TraceSettings:
     ring_by_copy: bool = setting(
         False, "Copy the records into the shared-memory ring from each vCPU's buffer, instead of "
                "writing them in place in the ring (one vCPU only; for comparison).")
+    far_reader_ns: int = setting(
+        100, "A lone vCPU writes its records in place in the shared-memory ring while the reader's CPU "
+             "is near its own, and copies them in past its caches while the reader is farther than this: "
+             "the time in ns that the ring's tail takes to come from the reader's cache, measured as the "
+             "run goes (0: in place however far).")
     record_between_samples: bool = setting(
         False, "With sampling, write every record and keep the sampled ones when handing them over, "
                "instead of running code that only counts accesses between the samples (for comparison; "
@@ -77,6 +82,8 @@ class TraceSettings:
             value = getattr(self, name)
             if not 0 <= value <= 64:
                 raise BadInputError(f"{name} must be in range [0, 64], but {value} isn't.")
+        if self.far_reader_ns < 0:
+            raise BadInputError(f"far_reader_ns must be 0 or more nanoseconds, but {self.far_reader_ns} isn't.")
         if self.buffer_records < 1 or self.buffer_records & (self.buffer_records - 1):
             raise BadInputError(f"buffer_records must be a power of two, but {self.buffer_records} isn't.")
         total = self.log_of_GMBE_block_len + self.log_of_GMBE_tracing_ratio

@@ -14,6 +14,7 @@ import pexpect
 import pytest
 
 from conftest import PROGRAMS, QEMU_DIR, mappings_of
+from memtracer.errors import ControlChannelError
 from memtracer.qemu.plugin_control import ControlChannel, parse_counters
 from memtracer.record import is_marker, records_from_bytes
 from memtracer.run.workload import ProtocolSession
@@ -160,6 +161,23 @@ def ring_being_read(path, capacity, take):
 
 
 @contextlib.contextmanager
+def controlled_qemu(command, control_path, **popen_args):
+    """QEMU run as command, its plugin's control channel at control_path: yields (qemu, the
+    connected channel); after the block the channel is closed and QEMU waited for, its stderr
+    then in qemu.errors (killed if the block failed)."""
+    qemu = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, **popen_args)
+    try:
+        control = ControlChannel(control_path).connect(lambda: qemu.poll() is None)
+        yield qemu, control
+        control.close()
+        qemu.errors = qemu.communicate(timeout=120)[1]
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+
+
+@contextlib.contextmanager
 def small_ring_read_slowly(path):
     """A ring of 8192 records at path, read slowed down as read_slowly is (it wraps often, and its
     writer waits for room) while the block runs: yields the list of the chunks read, complete once
@@ -174,22 +192,68 @@ def small_ring_read_slowly(path):
         yield chunks
 
 
+# The reader's distance that decides whether a lone vCPU writes its records in place in the ring
+# (far_reader_ns): 0 takes any reader for near, 1 any for far (a line takes longer than 1 ns to come).
+READER = {"near": "far_reader_ns=0", "far": "far_reader_ns=1"}
+
+
+# A far reader is known once measured 5 times, 20 ms into the run: the 13,200 records of "sampled,
+# counted" have all gone in place by then.
 @pytest.mark.qemu
-@pytest.mark.parametrize("sampling", ["all", "sampled", "sampled, counted"])
+@pytest.mark.parametrize("sampling, reader", [("all", "near"), ("sampled", "near"), ("sampled, counted", "near"),
+                                              ("all", "far"), ("sampled", "far")])
 @pytest.mark.parametrize("buffer_records", [1, 4096])
-def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, sampling, buffer_records):
+def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, sampling, reader, buffer_records):
     """While the guest has one thread, its vCPU writes records straight into the shared-memory
-    ring (its buffer is a window of the ring, wrapping at the ring's end); once it makes threads,
-    records are copied in. Either way each vCPU's records in the ring are its trace file's, byte
+    ring (its buffer is a window of the ring, wrapping at the ring's end) where the reader is near;
+    once it makes threads, or where the reader is far, records are copied in (for a far reader
+    past the vCPU's caches). Either way each vCPU's records in the ring are its trace file's, byte
     for byte, through a small ring whose reader lags far behind."""
     settings = (f"buffer_records={buffer_records}", *SAMPLINGS[sampling][0])
     files, _ = trace_files(tmp_path, "files", *settings)
     ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
     with small_ring_read_slowly(ring) as chunks:
-        run_helper_paths(f"trace_shm_path={ring}", f"counters_path={counters}", *settings)
+        run_helper_paths(f"trace_shm_path={ring}", f"counters_path={counters}", READER[reader], *settings)
     records = records_from_bytes(b"".join(chunks))
-    assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
+    ran = parse_counters(counters.read_text())
+    if reader == "near":
+        assert ran["in_place_records"] > len(records) // 2
+        assert ran["buffers_copied_for_far_reader"] == 0
+    else:
+        assert ran["buffers_copied_for_far_reader"] > 0, (ran, len(records))
     assert_each_vcpus_records_are_its_files(records, files)
+
+
+@pytest.mark.qemu
+def test_the_vcpu_goes_from_in_place_to_copies_and_back_as_the_reader_moves(tmp_path):
+    """The reader's distance is measured each time the vCPU reads the ring's tail: the lone vCPU writes in place while
+    the reader is near and copies while it is far, going from one to the other as that changes.
+    Here far_reader_ns, set live to 1 and to 0 in turn every 10 ms while mem_loop runs, makes the
+    reader far and near: both ways are taken, and the ring's records are the trace file's, byte for
+    byte."""
+    program = [PROGRAMS / "mem_loop", "2048", "4"]     # 3 M records, some 2 s through the slow reader
+    folder, control_path = tmp_path / "files", tmp_path / "control.sock"
+    folder.mkdir()
+    # The control channel's thread here too: QEMU's threads move the guest's stack.
+    run_traced(program, f"trace_dir={folder}", f"control_socket_path={control_path}")
+    ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
+    plugin = ",".join([str(PLUGIN), f"trace_shm_path={ring}", f"counters_path={counters}",
+                       f"control_socket_path={control_path}"])
+    with small_ring_read_slowly(ring) as chunks:
+        # Output to a pipe, as run_traced's: the guest's stdio takes another way to /dev/null.
+        with controlled_qemu(["/usr/bin/setarch", "-R", QEMU_DIR / "qemu-x86_64", "-plugin", plugin, *program],
+                             control_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             env=GUEST_ENVIRONMENT) as (qemu, control):
+            far = True
+            with contextlib.suppress(ControlChannelError):     # until QEMU exits
+                while qemu.poll() is None:
+                    control.set(far_reader_ns=int(far))
+                    far = not far
+                    time.sleep(0.01)
+    assert qemu.returncode == 0, qemu.errors
+    ran = parse_counters(counters.read_text())
+    assert ran["in_place_records"] > 0 and ran["buffers_copied_for_far_reader"] > 0, ran
+    assert b"".join(chunks) == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
 
 
 @pytest.mark.qemu
@@ -208,7 +272,7 @@ def test_markers_copied_into_the_ring_leave_the_records_after_them_whole(tmp_pat
     run_marked_loop(f"trace_dir={folder}")
     ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
     with small_ring_read_slowly(ring) as chunks:
-        run_marked_loop(f"trace_shm_path={ring}", f"counters_path={counters}")
+        run_marked_loop(f"trace_shm_path={ring}", f"counters_path={counters}", READER["near"])
     records = records_from_bytes(b"".join(chunks))
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 2
     assert is_marker(records).sum() == 3
@@ -287,7 +351,7 @@ def test_forked_children_leave_the_parents_ring_alone(tmp_path):
     run_traced([program], f"trace_dir={folder}")
     ring, counters = tmp_path / "trace.ring", tmp_path / "ring.counters"
     with small_ring_read_slowly(ring) as chunks:
-        run_traced([program], f"trace_shm_path={ring}", f"counters_path={counters}")
+        run_traced([program], f"trace_shm_path={ring}", f"counters_path={counters}", READER["near"])
     records = b"".join(chunks)
     assert parse_counters(counters.read_text())["in_place_records"] > len(records) // 16 // 2
     assert records == (folder / "vcpu0.gmbe").read_bytes()[TRACE_FILE_HEADER.size:]
@@ -302,26 +366,18 @@ def test_a_ring_closed_under_the_writing_vcpu_is_left_alone(tmp_path):
     the windows, nothing after them."""
     ring, control_path = tmp_path / "trace.ring", tmp_path / "control.sock"
     plugin = ",".join([str(PLUGIN), f"trace_shm_path={ring}", f"control_socket_path={control_path}", "enabled=off",
-                       f"buffer_records={1 << 16}"])     # long windows: the close comes in one
+                       f"buffer_records={1 << 16}", READER["near"]])     # long windows: the close comes in one
     handed_over, read = 0, []
     with ring_being_read(ring, 1 << 17, lambda records: read.append(len(records))):
-        qemu = subprocess.Popen([QEMU_DIR / "qemu-x86_64", "-plugin", plugin, PROGRAMS / "mem_loop", "65536", "16"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            control = ControlChannel(control_path).connect(lambda: qemu.poll() is None)
+        with controlled_qemu([QEMU_DIR / "qemu-x86_64", "-plugin", plugin, PROGRAMS / "mem_loop", "65536", "16"],
+                             control_path, stdout=subprocess.DEVNULL) as (qemu, control):
             for _ in range(5):
                 control.enable()
                 time.sleep(0.1)      # the vCPU, looping, is in a window of the ring all along
                 control.command("close")
                 handed_over += control.counters()["num_of_events_written_to_trace_file"]
             in_place = control.counters()["in_place_records"]     # ever, not since enable
-            control.close()
-            _, errors = qemu.communicate(timeout=120)
-        finally:
-            if qemu.poll() is None:
-                qemu.kill()
-                qemu.wait()
-        assert qemu.returncode == 0, errors
+        assert qemu.returncode == 0, qemu.errors
     assert in_place > 0, "the vCPU wrote in place in the windows"
     assert sum(read) == handed_over
 

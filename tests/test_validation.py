@@ -33,6 +33,8 @@ CASES = [
      "log_of_GMBE_block_len + log_of_GMBE_tracing_ratio must be in range [0, 64], but 32 + 33 = 65 isn't."),
     (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--max_instructions", "-5"],
      "max_instructions must be a positive number of instructions, but -5 isn't."),
+    (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--far_reader_ns", "-1"],
+     "far_reader_ns must be 0 or more nanoseconds, but -1 isn't."),
     (["--workload_path_on_host", KNOWN, "--analysis_tool_path", COUNT, "--smp", "0"],
      "smp must be in range [1, 64], but 0 isn't."),
     (["--workload_path_on_host", KNOWN, "--trace_files_per_vcpu", "no/such/dir"],
