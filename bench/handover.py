@@ -47,7 +47,7 @@ MODES = {
     "FIFO by write()": (["fifo_by_write=on"], "fifo"),
     "FIFO by vmsplice": ([], "fifo"),
     "ring, copied in": (["ring_by_copy=on"], "ring"),
-    "ring, in place": ([], "ring"),
+    "ring, in place": (["far_reader_ns=0"], "ring"),     # however far the reader's CPU is
     "sampled 1/1024, all written": ([f"{SAMPLED['R']}=10", "record_between_samples=on"], "dir"),
     "sampled 1/1024, counting": ([f"{SAMPLED['R']}=10"], "dir"),
     "1/1024 in 16s, all written": ([f"{SAMPLED['L']}=4", f"{SAMPLED['R']}=10", "record_between_samples=on"], "dir"),

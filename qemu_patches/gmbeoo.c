@@ -407,8 +407,8 @@ static double median_reader_ns(void)
 static void note_reader_distance(uint64_t cycles)
 {
     uint64_t far_ns = __atomic_load_n(&config.far_reader_ns, __ATOMIC_RELAXED);
-    double rate = ns_per_tsc_cycle();
-    if (far_ns == 0 || rate == 0) {
+    double rate = far_ns ? ns_per_tsc_cycle() : 0;
+    if (rate == 0) {
         return;
     }
     reader.ns[reader.measured++ % READER_DISTANCE_SAMPLES] = cycles * rate;
