@@ -158,7 +158,7 @@ static size_t retired_windows_size;
 static bool ring_windows;                 /* records may go in place in the ring: one vCPU, so far */
 static bool system_emulation;
 static uint64_t in_place_records;         /* handed over in the ring's windows, ever */
-/* How far the ring's reader is, by the times its tail took to come (measure_reader_distance_locked). */
+/* How far the ring's reader is, by the times its tail took to come (read_tail_locked). */
 #define READER_DISTANCE_SAMPLES 5
 static struct {
     uint64_t seen_tail;                   /* the tail when the vCPU last read it */
@@ -403,7 +403,8 @@ static double median_reader_ns(void)
     return v[READER_DISTANCE_SAMPLES / 2];
 }
 
-/* One more time the tail's line took to come: the reader is far where the median of the latest is over far_reader_ns. */
+/* One more time the tail's line took to come: the reader is far where the median of the
+ * latest is over far_reader_ns. */
 static void note_reader_distance(uint64_t cycles)
 {
     uint64_t far_ns = __atomic_load_n(&config.far_reader_ns, __ATOMIC_RELAXED);

@@ -226,11 +226,11 @@ def test_the_lone_vcpu_writes_its_records_in_place_in_the_ring(tmp_path, samplin
 
 @pytest.mark.qemu
 def test_the_vcpu_goes_from_in_place_to_copies_and_back_as_the_reader_moves(tmp_path):
-    """The reader's distance is measured each time the vCPU reads the ring's tail: the lone vCPU writes in place while
-    the reader is near and copies while it is far, going from one to the other as that changes.
-    Here far_reader_ns, set live to 1 and to 0 in turn every 10 ms while mem_loop runs, makes the
-    reader far and near: both ways are taken, and the ring's records are the trace file's, byte for
-    byte."""
+    """The reader's distance is measured each time the vCPU reads the ring's tail: the lone vCPU
+    writes in place while the reader is near and copies while it is far, going from one to the
+    other as that changes. Here far_reader_ns, set live to 1 and to 0 in turn every 10 ms while
+    mem_loop runs, makes the reader far and near: both ways are taken, and the ring's records are
+    the trace file's, byte for byte."""
     program = [PROGRAMS / "mem_loop", "2048", "4"]     # 3 M records, some 2 s through the slow reader
     folder, control_path = tmp_path / "files", tmp_path / "control.sock"
     folder.mkdir()
