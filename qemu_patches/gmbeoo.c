@@ -418,6 +418,12 @@ static void note_reader_distance(uint64_t cycles)
     }
 }
 
+/* Whether the reader is far, as last measured, and far_reader_ns (which `set` may make 0) acts on it. */
+static bool reader_is_far(void)
+{
+    return reader.far && __atomic_load_n(&config.far_reader_ns, __ATOMIC_RELAXED);
+}
+
 /*
  * The ring's tail, read wherever the vCPU needs it (caller holds writer_lock):
  * where the reader has moved it since, the time its line took is noted.
@@ -507,7 +513,7 @@ static void put_back_marked_seqs(uint64_t seq, uint64_t extent)
 }
 
 /*
- * Records into the ring. For a far reader (reader.far) by non-temporal
+ * Records into the ring. For a far reader (reader_is_far) by non-temporal
  * stores, past this CPU's caches: the reader then takes them from memory, not
  * line by line from this CPU's cache, and the next copy there does not wait
  * for each line to come back from the reader's. User-mode xz traced with the
@@ -516,7 +522,7 @@ static void put_back_marked_seqs(uint64_t seq, uint64_t extent)
 static void copy_into_ring(uint64_t *to, const uint64_t *from, size_t bytes)
 {
 #if defined(__x86_64__)
-    if (reader.far && ((uintptr_t)to | (uintptr_t)from | bytes) % 16 == 0) {
+    if (reader_is_far() && ((uintptr_t)to | (uintptr_t)from | bytes) % 16 == 0) {
         for (size_t i = 0; i < bytes / 16; i++) {
             _mm_stream_si128((__m128i *)to + i, _mm_load_si128((const __m128i *)from + i));
         }
@@ -964,7 +970,7 @@ static uint64_t take_ring_window_locked(VcpuRing *r, uint64_t limit)
         !__atomic_load_n(&r->tracing, __ATOMIC_ACQUIRE)) {
         return limit;
     }
-    if (reader.far && __atomic_load_n(&config.far_reader_ns, __ATOMIC_RELAXED)) {
+    if (reader_is_far()) {
         reader.buffers_copied++;
         return limit;
     }
