@@ -50,18 +50,41 @@ static void count_marker(const struct gmbe_record *m)
     marker_count++;
 }
 
+/*
+ * The fields count reads, from a run of records as the reader hands them over: 16-byte records
+ * (process) or compact words (process_compact, which spares the reader widening them). Inlined
+ * with a constant `compact`, each entry point below gets its own loops.
+ */
+static inline __attribute__((always_inline)) unsigned info_at(const void *records, size_t i, int compact)
+{
+    return compact ? gmbe_compact_info(((const uint64_t *)records)[i])
+                   : gmbe_info(&((const struct gmbe_record *)records)[i]);
+}
+
+static inline __attribute__((always_inline)) unsigned vcpu_at(const void *records, size_t i, int compact)
+{
+    return compact ? gmbe_compact_vcpu(((const uint64_t *)records)[i])
+                   : gmbe_vcpu(&((const struct gmbe_record *)records)[i]);
+}
+
+static inline __attribute__((always_inline)) uint64_t address_at(const void *records, size_t i, int compact)
+{
+    return compact ? gmbe_compact_address(((const uint64_t *)records)[i])
+                   : ((const struct gmbe_record *)records)[i].virt_addr;
+}
+
 /* A vCPU's records come in runs (a whole buffer each): one add per run, not an increment per record. */
-static void count_vcpus(const struct gmbe_record *records, size_t n)
+static inline __attribute__((always_inline)) void count_vcpus(const void *records, size_t n, int compact)
 {
     if (n == 0) {
         return;
     }
-    unsigned vcpu = gmbe_vcpu(&records[0]);
+    unsigned vcpu = vcpu_at(records, 0, compact);
     size_t start = 0;
     for (size_t i = 1; i < n; i++) {
-        if (gmbe_vcpu(&records[i]) != vcpu) {
+        if (vcpu_at(records, i, compact) != vcpu) {
             by_vcpu[vcpu] += i - start;
-            vcpu = gmbe_vcpu(&records[i]);
+            vcpu = vcpu_at(records, i, compact);
             start = i;
         }
     }
@@ -71,32 +94,42 @@ static void count_vcpus(const struct gmbe_record *records, size_t n)
 /* Written out for the four tables: the compiler does not unroll a loop over them. */
 _Static_assert(INFO_TABLES == 4, "count_infos takes the records four at a time");
 
-static void count_infos(const struct gmbe_record *records, size_t n)
+static inline __attribute__((always_inline)) void count_infos(const void *records, size_t n, int compact)
 {
     size_t i = 0;
     for (; i + INFO_TABLES <= n; i += INFO_TABLES) {
-        by_info_of[0][gmbe_info(&records[i])]++;
-        by_info_of[1][gmbe_info(&records[i + 1])]++;
-        by_info_of[2][gmbe_info(&records[i + 2])]++;
-        by_info_of[3][gmbe_info(&records[i + 3])]++;
+        by_info_of[0][info_at(records, i, compact)]++;
+        by_info_of[1][info_at(records, i + 1, compact)]++;
+        by_info_of[2][info_at(records, i + 2, compact)]++;
+        by_info_of[3][info_at(records, i + 3, compact)]++;
     }
     for (; i < n; i++) {
-        by_info_of[0][gmbe_info(&records[i])]++;
+        by_info_of[0][info_at(records, i, compact)]++;
+    }
+}
+
+static inline __attribute__((always_inline)) void count_records(const void *records, size_t n, int compact)
+{
+    phase_records[marker_count < MAX_MARKERS_SHOWN ? marker_count : MAX_MARKERS_SHOWN] += n;
+    count_infos(records, n, compact);
+    count_vcpus(records, n, compact);
+    if (have_range) {
+        for (size_t i = 0; i < n; i++) {
+            if (address_at(records, i, compact) - range_start < range_end - range_start) {
+                range_by_info[info_at(records, i, compact)]++;
+            }
+        }
     }
 }
 
 static void count_process(const struct gmbe_record *records, size_t n)
 {
-    phase_records[marker_count < MAX_MARKERS_SHOWN ? marker_count : MAX_MARKERS_SHOWN] += n;
-    count_infos(records, n);
-    count_vcpus(records, n);
-    if (have_range) {
-        for (size_t i = 0; i < n; i++) {
-            if (records[i].virt_addr - range_start < range_end - range_start) {
-                range_by_info[gmbe_info(&records[i])]++;
-            }
-        }
-    }
+    count_records(records, n, 0);
+}
+
+static void count_process_compact(const uint64_t *words, size_t n)
+{
+    count_records(words, n, 1);
 }
 
 static void print_kinds(FILE *out, const char *prefix, const uint64_t *table)
@@ -173,8 +206,8 @@ int main(int argc, char **argv)
     };
     static const gmbe_tool tool = {
         .name = "count", .summary = "Counts the records by CPL, load/store, size, sign and vCPU.",
-        .options = options, .init = count_init, .process = count_process, .report = count_report,
-        .marker = count_marker,
+        .options = options, .init = count_init, .process = count_process,
+        .process_compact = count_process_compact, .report = count_report, .marker = count_marker,
     };
     return gmbe_run_tool(&tool, argc, argv);
 }

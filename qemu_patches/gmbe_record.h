@@ -177,12 +177,28 @@ static inline int gmbe_compact_is_marker(uint64_t word)
     return ((word >> 48) & GMBE_SIZE_SHIFT_MASK) == GMBE_MARKER_INFO;
 }
 
+/* A compact access record's fields (not a marker's): its info byte, vCPU and address. */
+static inline uint8_t gmbe_compact_info(uint64_t word)
+{
+    return (uint8_t)(word >> 48);
+}
+
+static inline unsigned gmbe_compact_vcpu(uint64_t word)
+{
+    return (unsigned)(word >> 56);
+}
+
+static inline uint64_t gmbe_compact_address(uint64_t word)
+{
+    return (uint64_t)((int64_t)(word << 16) >> 16);   /* sign-extend bit 47 */
+}
+
 /* A compact access record at 16 bytes; only for words that are not markers. */
 static inline struct gmbe_record gmbe_compact_widen_access(uint64_t word)
 {
     struct gmbe_record r = {
-        .info_word = gmbe_vcpu_header((unsigned)(word >> 56)) | ((word >> 48) & 0xffu),
-        .virt_addr = (uint64_t)((int64_t)(word << 16) >> 16),   /* sign-extend bit 47 */
+        .info_word = gmbe_vcpu_header(gmbe_compact_vcpu(word)) | gmbe_compact_info(word),
+        .virt_addr = gmbe_compact_address(word),
     };
     return r;
 }

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import PROGRAMS, REPO, TOOLS, analysis_counts, parse_sections, system, trace_info, user_mode
-from memtracer.record import CPL_SHIFT, RECORD_DTYPE, STORE_BIT, VALID_BYTE
+from memtracer.record import CPL_SHIFT, MARKER_INFO, RECORD_DTYPE, STORE_BIT, VALID_BYTE
 from memtracer.trace.trace_file import TraceHeader, read_batches
 
 PYTHON_TOOLS = REPO / "analysis_tools" / "python"
@@ -32,11 +32,11 @@ def write_trace(path, records):
     return path
 
 
-def run_tool(tool, *args):
+def run_tool(tool, *args, record_format="standard"):
     """A C tool (or a Python one) on a file: the report, as {name: value} and as text."""
     command = [sys.executable, str(tool)] if str(tool).endswith(".py") else [str(tool)]
     result = subprocess.run([*command, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, timeout=120)
+                            text=True, timeout=120, env={**os.environ, "GMBE_RECORD_FORMAT": record_format})
     assert result.returncode == 0, result.stderr
     values = {}
     for line in result.stdout.splitlines():
@@ -57,6 +57,35 @@ def test_count_by_kind_cpl_and_vcpu(tmp_path):
     assert values["store_4_unsigned"] == "10" and values["load_1_unsigned"] == "5"
     assert values["vcpu_1"] == "10" and values["vcpu_2"] == "5"
     assert values["range_records"] == "4"   # addresses 0 and 8, twice
+
+
+def compact_words(records, marker_kinds=()):
+    """Standard records as --record_format compact's words; the markers' kinds in order."""
+    info = records["info"].astype(np.uint64)
+    words = (records["virt_addr"] & np.uint64((1 << 48) - 1)) | (info << np.uint64(48))
+    words |= records["vcpu"].astype(np.uint64) << np.uint64(56)
+    markers = np.flatnonzero(records["info"] == MARKER_INFO)
+    words[markers] |= np.asarray(marker_kinds, dtype=np.uint64) << np.uint64(40)
+    return words
+
+
+def test_count_reads_compact_words_as_the_same_records_at_16_bytes(tmp_path):
+    """count takes compact records without widening them (process_compact): its report on them is
+    its report on the same records at 16 bytes, kernel addresses (bit 47 sign-extended), vCPUs,
+    kinds, a range and markers (which split the words into phases) included."""
+    kernel = make_records(np.uint64(0xFFFF888000000000) + np.arange(700, dtype=np.uint64) * np.uint64(8), stores=True, size_shift=2, cpl=0, vcpu=3)
+    user = make_records(0x7FFF0000 + np.arange(500) * 4, size_shift=1, cpl=3, vcpu=1)
+    marker = np.zeros(1, dtype=RECORD_DTYPE)
+    marker["info"], marker["vcpu"], marker["virt_addr"], marker["reserved"][:, 0] = MARKER_INFO, 3, 42, 3
+    records = np.concatenate([kernel[:300], marker, user, marker, kernel[300:]])
+    standard = write_trace(tmp_path / "standard.raw", records)
+    compact = write_trace(tmp_path / "compact.raw", compact_words(records, marker_kinds=[3, 3]))
+    kernel_range = "range=0xffff888000000400-0xffff888000000c00"
+    _, from_standard = run_tool(TOOLS / "count", standard, kernel_range)
+    values, from_compact = run_tool(TOOLS / "count", compact, kernel_range, record_format="compact")
+    assert from_compact == from_standard
+    assert values["vcpu_3"] == "700" and values["range_records"] == "256" and values["markers"] == "2"
+    assert values["phase_1_records"] == "500" and values["marker_2"] == "marker 42 vcpu=3"
 
 
 # ----------------------------------------------------------------- cachesim
