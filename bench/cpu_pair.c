@@ -6,7 +6,7 @@
  *     rounds of round trips): a few tens where the two CPUs share a cache, some 150 or more where
  *     they do not;
  *   - the time a record (gmbe_record.h) takes through a ring between them, in ns: CPU 0 writes
- *     records as the generated code does (two stores, the line 2 KiB ahead asked for writing) into
+ *     records as the generated code does (two stores, no prefetch) into
  *     a ring of memory_tracer's size, publishing every 4096, and CPU 1 reads and sums them, as the
  *     count tool does.
  * The hypervisor moves the two CPUs from one placement to another, and its other guests load the
@@ -29,7 +29,6 @@
 /* RING_RECORDS: memory_tracer's ring capacity, which bench/run.py gives (-D). */
 #define PUBLISH_RECORDS 4096           /* the plugin's buffer: it publishes that many at a time */
 #define RECORDS_THROUGH (1 << 24)
-#define PREFETCH_AHEAD 2048
 
 static _Atomic long line __attribute__((aligned(64)));
 static _Atomic uint64_t head __attribute__((aligned(64)));
@@ -116,7 +115,6 @@ static double ring_seconds_per_record(void)
             limit = written + PUBLISH_RECORDS;
         }
         struct gmbe_record *r = &ring[written & (RING_RECORDS - 1)];
-        __builtin_prefetch((char *)r + PREFETCH_AHEAD, 1);
         r->info_word = ((uint64_t)GMBE_VALID_BYTE << 56) | (written & GMBE_SIZE_SHIFT_MASK);
         r->virt_addr = written * 8;
         written++;
