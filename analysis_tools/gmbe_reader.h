@@ -20,10 +20,10 @@
  * Every record format reaches the tool the same way (gmbe_record.h): compact
  * records are given to process_compact when the tool has it, else widened to
  * 16 bytes, and extended ones are given to process_extended when the tool has
- * it, else narrowed to 16 bytes. Marker
- * records never reach process: they go to the tool's marker callback, in
- * order between the batches. memory_tracer names the stream's format in
- * GMBE_RECORD_FORMAT; a trace file's header and a ring's say it themselves.
+ * it, else narrowed to 16 bytes. Marker records never reach process: they go
+ * to the tool's marker callback, in order between the batches. memory_tracer
+ * names the stream's format in GMBE_RECORD_FORMAT; a trace file's header and a
+ * ring's say it themselves.
  *
  * A tool includes this header first, defines a gmbe_tool and calls
  * gmbe_run_tool() from main(). Link with -lzstd.
@@ -285,7 +285,7 @@ static void gmbe_deliver_compact_words(const gmbe_tool *tool, const uint64_t *wo
  * marker; only a batch that does is decoded again and split at its markers. Decoded with a test
  * for a marker at each record, then scanned for markers once more, 50 M compact records from a
  * file in memory took `count` some 10% longer; widened at all, user-mode gzip's 61.8 M records
- * from a raw file in memory took it 0.13-0.15 s of CPU against 0.08-0.10 for the same records at
+ * from a raw file in memory took it 0.13-0.16 s of CPU against 0.07-0.10 for the same records at
  * 16 bytes, which made compact records through the ring slower than standard ones.
  */
 static void gmbe_deliver_compact(const gmbe_tool *tool, const uint64_t *words, size_t n)
