@@ -1033,10 +1033,10 @@ static void deliver_records_locked(VcpuRing *r, const uint64_t *records, uint64_
     if (have_trace() && !trace_broken) {
         int fd = config.trace_dir ? vcpu_trace_fd(r) : trace_fd;
         bool in_place = from_buffer && in_ring_window(r);
+        uint64_t seq = shm_ring ? shm_ring->head : 0;     /* where the records go in the ring */
         if (in_place) {
             publish_in_place_locked(r, records, n);
         }
-        uint64_t seq = shm_ring ? shm_ring->head : 0;     /* where records copied into the ring go */
         if (in_place || hand_over(r, fd, records, n * record_bytes(), may_block)) {
             if (markers && shm_ring) {
                 note_marked_seqs(seq, records, n);
