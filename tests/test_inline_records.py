@@ -56,11 +56,11 @@ def trace_files(tmp_path, name, *plugin_args):
 
 
 # (settings, 1 in how many events is traced, whether the gaps are long enough to count through,
-# whether counting blocks write the samples: where the gaps are not, for samples 1 in 2^7 or fewer in
+# whether counting blocks write the samples: where the gaps are not, for samples 1 in 2^6 or fewer in
 # user mode; else every record is written)
 SAMPLINGS = {"all": ((), 1, False, False),
              "sampled": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=3"), 8, False, False),
-             "sampled, counted": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=7"), 128, False, True),
+             "sampled, counted": (("log_of_GMBE_block_len=2", "log_of_GMBE_tracing_ratio=6"), 64, False, True),
              "1 in 1024": (("log_of_GMBE_tracing_ratio=10",), 1024, False, True),
              "sparse": (("log_of_GMBE_block_len=4", "log_of_GMBE_tracing_ratio=10"), 1024, True, False)}
 
