@@ -6,9 +6,8 @@
  *     rounds of round trips): a few tens where the two CPUs share a cache, some 150 or more where
  *     they do not;
  *   - the time a record (gmbe_record.h) takes through a ring between them, in ns: CPU 0 writes
- *     records as the generated code does (two stores, no prefetch) into
- *     a ring of memory_tracer's size, publishing every 4096, and CPU 1 reads and sums them, as the
- *     count tool does.
+ *     records as the generated code does (two stores, no prefetch) into a ring of memory_tracer's
+ *     size, publishing every 4096, and CPU 1 reads and sums them, as the count tool does.
  * The hypervisor moves the two CPUs from one placement to another, and its other guests load the
  * memory system, within seconds, so bench/run.py asks before each run.
  */
