@@ -1,8 +1,10 @@
 """End to end in full-system mode: the real qemu-system-x86_64 on the built-in guest image, its
 snapshot, the guest runner, the GMBEOO plugin, real FIFOs and analysis tools."""
 import json
+import mmap
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -214,3 +216,64 @@ def test_the_code_buffer_is_populated_ahead_of_the_translator():
     finally:
         firmware.kill()
         firmware.wait()
+
+
+def qemu_running_in(directory):
+    """The PID of the qemu-system-x86_64 whose working directory lies in directory (a run's own
+    QEMU runs in its private directory), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (os.readlink(f"/proc/{pid}/cwd").startswith(str(directory))
+                    and os.readlink(f"/proc/{pid}/exe").endswith("qemu-system-x86_64")):
+                return pid
+        except OSError:
+            pass
+    return None
+
+
+def guest_ram_of(pid):
+    """The guest's RAM in QEMU's address space, its largest mapping: (start, end, its VmFlags)."""
+    mappings = []
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:
+                mappings.append([*(int(x, 16) for x in fields[0].split("-")), []])
+            elif fields[0] == "VmFlags:":
+                mappings[-1][2] = fields[1:]
+    return max(mappings, key=lambda m: m[1] - m[0])
+
+
+def mapped_pages(pid, start, end):
+    """How many pages of [start, end) the process has mapped (present, /proc/PID/pagemap)."""
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        pagemap.seek(start // mmap.PAGESIZE * 8)
+        entries = pagemap.read((end - start) // mmap.PAGESIZE * 8)
+    return sum(entry >> 63 for (entry,) in struct.iter_unpack("<Q", entries))
+
+
+@pytest.mark.qemu
+def test_the_snapshots_zero_pages_stay_unmapped_and_fresh_guest_ram_takes_small_pages(private_tmp):
+    """Loading the snapshot leaves the pages it holds as zero unmapped where nothing has touched
+    them (a read would map the kernel's huge zero page over each 2 MiB, all 2,560 MiB of the
+    guest's RAM), and then asks for small pages for the guest's RAM ("nh": no huge pages), so
+    that the guest's first store into fresh RAM is not a huge page's fault."""
+    run = subprocess.Popen([sys.executable, REPO / "memory_tracer.py",
+                            *system("--workload_path_on_guest", "/bin/sleep", "--workload_args", "4", "--dont_trace")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last_seen = None     # (VmFlags, pages mapped, pages) of the guest's RAM, till QEMU ends
+    try:
+        while run.poll() is None:
+            qemu = qemu_running_in(private_tmp)
+            try:
+                start, end, flags = guest_ram_of(qemu)
+                last_seen = flags, mapped_pages(qemu, start, end), (end - start) // mmap.PAGESIZE
+            except (OSError, TypeError, ValueError):
+                pass       # no QEMU yet, or gone
+            time.sleep(0.2)
+    finally:
+        _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    flags, mapped, pages = last_seen
+    assert "nh" in flags
+    assert mapped < pages // 4
