@@ -138,24 +138,33 @@ def tracer(private_tmp):
 
 def mappings_of(pid):
     """The process's memory mappings (/proc/PID/smaps), each as (the fields of its first line: range,
-    permissions, offset, device, inode and maybe a path; its resident bytes)."""
+    permissions, offset, device, inode and maybe a path; its resident bytes; its VmFlags)."""
     mappings = []
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
             fields = line.split()
             if "-" in fields[0] and len(fields) >= 5:      # a mapping's first line
-                mappings.append([fields, 0])
+                mappings.append([fields, 0, []])
             elif mappings and fields[0] == "Rss:":
                 mappings[-1][1] = int(fields[1]) * 1024
+            elif mappings and fields[0] == "VmFlags:":
+                mappings[-1][2] = fields[1:]
     return [tuple(m) for m in mappings]
+
+
+def address_range(fields):
+    """(start, end) of a mapping, from the fields of its first line in smaps."""
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    return start, end
 
 
 def code_buffer_resident_bytes(pid):
     """Resident bytes of the process's largest read-write-execute mapping: QEMU's code buffer."""
-    def size(fields):
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        return end - start
-    code = [(size(fields), resident) for fields, resident in mappings_of(pid) if fields[1] == "rwxp"]
+    code = []
+    for fields, resident, _ in mappings_of(pid):
+        if fields[1] == "rwxp":
+            start, end = address_range(fields)
+            code.append((end - start, resident))
     return max(code)[1] if code else 0
 
 

@@ -281,7 +281,7 @@ def test_markers_copied_into_the_ring_leave_the_records_after_them_whole(tmp_pat
 
 def resident_bytes_of(pid, path):
     """Bytes of the file at path that the process has mapped in and resident."""
-    return sum(resident for fields, resident in mappings_of(pid) if fields[-1] == str(path))
+    return sum(resident for fields, resident, _ in mappings_of(pid) if fields[-1] == str(path))
 
 
 @pytest.mark.qemu

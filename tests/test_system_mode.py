@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, analysis_counts,
-                      buffer_range, code_buffer_resident_bytes, executable, image_fingerprint, parse_sections,
-                      processes_mentioning, promised_counts, system, trace_info, trace_into_fifo_reader)
+from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TOOLS, address_range, analysis_counts,
+                      buffer_range, code_buffer_resident_bytes, executable, image_fingerprint, mappings_of,
+                      parse_sections, processes_mentioning, promised_counts, system, trace_info,
+                      trace_into_fifo_reader)
 from memtracer import protocol, record
 
 COUNT = TOOLS / "count"
@@ -233,15 +234,8 @@ def qemu_running_in(directory):
 
 def guest_ram_of(pid):
     """The guest's RAM in QEMU's address space, its largest mapping: (start, end, its VmFlags)."""
-    mappings = []
-    with open(f"/proc/{pid}/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5:
-                mappings.append([*(int(x, 16) for x in fields[0].split("-")), []])
-            elif fields[0] == "VmFlags:":
-                mappings[-1][2] = fields[1:]
-    return max(mappings, key=lambda m: m[1] - m[0])
+    ranges = [(*address_range(fields), flags) for fields, _, flags in mappings_of(pid)]
+    return max(ranges, key=lambda r: r[1] - r[0])
 
 
 def mapped_pages(pid, start, end):
@@ -266,10 +260,11 @@ def test_the_snapshots_zero_pages_stay_unmapped_and_fresh_guest_ram_takes_small_
         while run.poll() is None:
             qemu = qemu_running_in(private_tmp)
             try:
-                start, end, flags = guest_ram_of(qemu)
-                last_seen = flags, mapped_pages(qemu, start, end), (end - start) // mmap.PAGESIZE
-            except (OSError, TypeError, ValueError):
-                pass       # no QEMU yet, or gone
+                if qemu is not None:
+                    start, end, flags = guest_ram_of(qemu)
+                    last_seen = flags, mapped_pages(qemu, start, end), (end - start) // mmap.PAGESIZE
+            except (OSError, ValueError):
+                pass       # QEMU gone meanwhile (its smaps gone, or empty)
             time.sleep(0.2)
     finally:
         _, stderr = run.communicate(timeout=120)
