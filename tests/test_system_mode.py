@@ -105,6 +105,26 @@ def test_the_guest_runs_no_ipv6(tracer, tmp_path):
     assert parse_sections(run.stdout)["workload info"].strip() == "no_ipv6"
 
 
+def test_only_a_wrapped_workload_has_a_process_run_before_it(tracer, tmp_path):
+    """A wrapped workload's window opens before the runner starts it: the runner first runs /bin/true
+    the same way, so that QEMU has translated the guest kernel's code for starting and ending a
+    process before the window (some 10,000 blocks, a third of a mem_loop window). A workload that
+    speaks the protocol itself is started before its window: nothing is run before it."""
+    wrapped = tracer(*system("--workload_path_on_host", MEM_LOOP, "--workload_args", "64 1", "--dont_trace", "-v"))
+    assert wrapped.returncode == 0, wrapped.stderr
+    assert "warm-up: /bin/true exited with 0 " in wrapped.stderr
+    script = executable(tmp_path / "own_protocol.sh",
+                        "#!/bin/sh\n"
+                        f"echo '{protocol.WORKLOAD_INFO_BEGIN}'\n"
+                        f"echo '{protocol.WORKLOAD_INFO_END}'\n"
+                        f"echo '{protocol.WORKLOAD_READY}'\n"
+                        "read line\n"
+                        f"echo '{protocol.WORKLOAD_STOP}'\n")
+    own = tracer(*system("--workload_path_on_host", script, PROTOCOL, "--dont_trace", "-v"))
+    assert own.returncode == 0, own.stderr
+    assert "warm-up" not in own.stderr
+
+
 def test_missing_workload_on_guest_is_one_clear_line(tracer):
     run = tracer(*system("--workload_path_on_guest", "/no/such/program", "--dont_trace"))
     assert run.returncode == 1
