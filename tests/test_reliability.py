@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
                       executable, image_fingerprint, processes_mentioning, system, trace_info, user_mode)
-from memtracer.qemu.guest_channel import ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, encode_frame
+from memtracer.errors import WorkloadError
+from memtracer.qemu.guest_channel import (ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, GuestChannel,
+                                         encode_frame)
 
 KNOWN = PROGRAMS / "known_accesses"
 PROTOCOL = "--dont_add_communications_with_host_to_workload"
@@ -454,6 +456,24 @@ def test_runner_survives_broken_frames(runner_on_a_pty, garbage, nonce):
     assert ping(master, nonce), "the runner stopped answering"
     assert process.poll() is None
 
+
+
+def test_a_runner_port_that_closes_says_how(tmp_path):
+    """A port that QEMU closes under a waiting request says so, not only that it closed: once, in
+    a run under load, the only word was that it closed, with QEMU still running."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "port.sock"))
+    listener.listen(1)
+    channel = GuestChannel(str(tmp_path / "port.sock"), "virtio-serial port")
+    channel.connect(lambda: True, timeout=5)
+    try:
+        qemu_side, _ = listener.accept()
+        threading.Timer(0.2, qemu_side.close).start()
+        with pytest.raises(WorkloadError, match=r"closed while waiting for the runner \(QEMU closed the connection\)"):
+            channel.ping(timeout=5)
+    finally:
+        channel.close()
+        listener.close()
 
 # ----------------------------------------------------------------- security
 

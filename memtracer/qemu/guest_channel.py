@@ -93,6 +93,7 @@ class GuestChannel:
         self.answers = queue.Queue()
         self.process = None
         self.closed = threading.Event()
+        self.how_it_closed = None   # said in the errors of requests that found it closed
         self._reader = None
         self._send_lock = threading.Lock()   # the workload's stdin is forwarded from a thread of its own
 
@@ -112,6 +113,7 @@ class GuestChannel:
 
     def close(self):
         if self.sock is not None:
+            self.how_it_closed = self.how_it_closed or "memory_tracer closed it"
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -139,15 +141,22 @@ class GuestChannel:
             while True:
                 data = self.sock.recv(1 << 16)
                 if not data:
+                    self.how_it_closed = self.how_it_closed or "QEMU closed the connection"
                     break
                 for kind, payload, crc_ok in parser.feed(data):
                     self._dispatch(kind, payload, crc_ok)
                 if parser.noise:
                     log.debug("guest %s: %s", self.name, parser.noise.decode(errors="replace").rstrip())
                     parser.noise.clear()
-        except OSError:
-            pass
+        except ConnectionResetError:   # closed while what we had sent was still unread
+            self.how_it_closed = self.how_it_closed or "QEMU closed the connection"
+        except OSError as error:
+            self.how_it_closed = self.how_it_closed or f"its reader stopped: {error}"
+        except Exception as error:
+            self.how_it_closed = f"its reader stopped: {error!r}"
+            raise
         finally:
+            log.debug("guest %s: closed (%s)", self.name, self.how_it_closed)
             self.closed.set()
             self.answers.put((None, b""))
             if self.process is not None:
@@ -172,7 +181,8 @@ class GuestChannel:
         except queue.Empty:
             return None, b""
         if kind is None:
-            raise WorkloadError(f"the guest's {self.name} closed while waiting for the runner")
+            raise WorkloadError(f"the guest's {self.name} closed while waiting for the runner "
+                                f"({self.how_it_closed})")
         return kind, payload
 
     def ping(self, timeout):
@@ -280,7 +290,7 @@ class GuestProcess(pexpect.fdpexpect.fdspawn):
         while not self._exit.wait(0.1):
             if self.channel.closed.is_set():
                 raise WorkloadError(f"the guest's {self.channel.name} closed before the workload's exit "
-                                    "was reported")
+                                    f"was reported ({self.channel.how_it_closed})")
             if deadline is not None and time.monotonic() > deadline:
                 break
         return self.exitstatus

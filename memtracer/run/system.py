@@ -297,8 +297,10 @@ class SystemRun:
             yield
         except (WorkloadError, OSError) as error:
             qemu = self.machine and self.machine.process     # none yet: QEMU did not start
-            if qemu is not None and self._port_closed(error) and exited_within(qemu, 2):
-                raise self.machine.failure(what) from None
+            if qemu is not None and self._port_closed(error):
+                if exited_within(qemu, 2):
+                    raise self.machine.failure(what) from None
+                raise WorkloadError(f"{error}, and QEMU still ran 2 s later") from None
             raise
 
     def _port_closed(self, error):
