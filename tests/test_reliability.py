@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from conftest import (GUEST_IMAGE, PROGRAMS, QEMU_DIR, REPO, SNAPSHOT, TEST_TOOLS, TOOLS, analysis_counts,
                       executable, image_fingerprint, processes_mentioning, system, trace_info, user_mode)
 from memtracer.errors import WorkloadError
+from memtracer.qemu.machine import MachineProfile, QemuMachine
 from memtracer.qemu.guest_channel import (ACK, HEADER, MAGIC, PING, PONG, TRAILER, FrameParser, GuestChannel,
                                          encode_frame)
 
@@ -474,6 +475,26 @@ def test_a_runner_port_that_closes_says_how(tmp_path):
     finally:
         channel.close()
         listener.close()
+
+
+def test_qemu_says_why_a_runner_port_disconnected_and_the_users_log_leaves_it_out(tmp_path):
+    """QEMU's own account of a runner port's disconnect (its chardev trace), which a port that
+    closes under a running QEMU is told with, is in its log; the log the user is shown leaves it out."""
+    profile = MachineProfile.for_image(GUEST_IMAGE, json.loads(
+        MachineProfile.sidecar_path(GUEST_IMAGE).read_text())["ram_mb"])
+    with QemuMachine(QEMU_DIR / "qemu-system-x86_64", GUEST_IMAGE, profile, SNAPSHOT, parent_dir=tmp_path) as machine:
+        machine.launch()
+        socket_path, name = machine.runner_ports()[0]
+        channel = GuestChannel(socket_path, name)
+        channel.connect(machine.is_alive, timeout=30)
+        assert machine.reach_runner(channel, time.monotonic() + 60)
+        assert machine.chardev_said() is None
+        channel.close()   # as QEMU would see a port closed by its other end
+        deadline = time.monotonic() + 10
+        while machine.chardev_said() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert machine.chardev_said() == "chardev socket recv end-of-file (mt_port)"
+        assert "chr_socket" not in machine.log_text()
 
 # ----------------------------------------------------------------- security
 

@@ -153,6 +153,13 @@ def qemu_for(qemu_binary, graphic):
     return qemu_binary
 
 
+# QEMU's own account of a socket chardev that disconnects (the end of its stream, a read or a write
+# error): trace events that fire only then, printed into its log. A runner port that closes under
+# a running QEMU is told with it (QemuMachine.chardev_said); the log shown to the user leaves them out.
+CHARDEV_TRACE_EVENTS = "chr_socket_*"
+CHARDEV_TRACE_LINE = re.compile(r"^chr_socket_\w+ (?P<said>.*)$")
+
+
 def _socket_chardev(name, path):
     return ["-chardev", f"socket,id={name},path={path},server=on,wait=off"]
 
@@ -166,7 +173,8 @@ def qemu_command(qemu_binary, image_path, profile, loadvm=None, plugin=None, gra
                "-drive", f"file={image_path},format=qcow2,if=ide,index=0,media=disk",
                *_socket_chardev("mt_serial", SERIAL_SOCKET), "-serial", "chardev:mt_serial",
                *_socket_chardev("mt_qmp", QMP_SOCKET), "-mon", "chardev=mt_qmp,mode=control",
-               *_socket_chardev("mt_monitor", MONITOR_SOCKET), "-mon", "chardev=mt_monitor,mode=readline"]
+               *_socket_chardev("mt_monitor", MONITOR_SOCKET), "-mon", "chardev=mt_monitor,mode=readline",
+               "-trace", CHARDEV_TRACE_EVENTS]
     if profile.virtio_serial:
         command += ["-device", "virtio-serial-pci,id=mt_virtio_serial",
                     *_socket_chardev("mt_port", VIRTIO_PORT_SOCKET),
@@ -296,10 +304,21 @@ class QemuMachine:
         return self.process is not None and self.process.poll() is None
 
     def log_text(self):
+        """What QEMU printed, without its chardevs' trace lines (CHARDEV_TRACE_EVENTS)."""
+        return "".join(line for line in self._log_lines() if not CHARDEV_TRACE_LINE.match(line))
+
+    def chardev_said(self):
+        """QEMU's last word on a chardev's connection other than that it disconnected, without
+        pointers (e.g. `chardev socket recv end-of-file (mt_port)`); None when it said none."""
+        said = [m["said"] for m in map(CHARDEV_TRACE_LINE.match, self._log_lines())
+                if m and not m["said"].startswith("chardev socket disconnect")]
+        return re.sub(r" 0x[0-9a-f]+ ", " ", said[-1]) if said else None
+
+    def _log_lines(self):
         try:
-            return Path(self.paths.log).read_text(errors="replace")
+            return Path(self.paths.log).read_text(errors="replace").splitlines(keepends=True)
         except OSError:
-            return ""
+            return []
 
     def failure(self, what):
         """A QemuError for QEMU having ended, with the reason in the user's terms when known."""

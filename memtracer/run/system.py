@@ -300,7 +300,9 @@ class SystemRun:
             if qemu is not None and self._port_closed(error):
                 if exited_within(qemu, 2):
                     raise self.machine.failure(what) from None
-                raise WorkloadError(f"{error}, and QEMU still ran 2 s later") from None
+                said = self.machine.chardev_said()
+                raise WorkloadError(f"{error}, and QEMU still ran 2 s later"
+                                    + (f" (its log: {said})" if said else "")) from None
             raise
 
     def _port_closed(self, error):
