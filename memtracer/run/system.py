@@ -292,7 +292,8 @@ class SystemRun:
     def _ending_qemu_explains(self, what):
         """A guest port that closes because QEMU ended is QEMU's failure, told with its reason (a
         request sent meanwhile fails with a broken pipe). Only then is QEMU given time to end: a
-        workload that failed on a live QEMU is told at once."""
+        workload that failed on a live QEMU is told at once. A port that closed under a QEMU still
+        running after that is told as such, with QEMU's own word on it."""
         try:
             yield
         except (WorkloadError, OSError) as error:
@@ -300,8 +301,10 @@ class SystemRun:
             if qemu is not None and self._port_closed(error):
                 if exited_within(qemu, 2):
                     raise self.machine.failure(what) from None
+                told = error if isinstance(error, WorkloadError) else \
+                    f"the guest runner's port broke under a request ({error.strerror or error})"
                 said = self.machine.chardev_said()
-                raise WorkloadError(f"{error}, and QEMU still ran 2 s later"
+                raise WorkloadError(f"{told}, and QEMU still ran 2 s later"
                                     + (f" (its log: {said})" if said else "")) from None
             raise
 
