@@ -458,7 +458,6 @@ def test_runner_survives_broken_frames(runner_on_a_pty, garbage, nonce):
     assert process.poll() is None
 
 
-
 def test_a_runner_port_that_closes_says_how(tmp_path):
     """A port that QEMU closes under a waiting request says so, not only that it closed: once, in
     a run under load, the only word was that it closed, with QEMU still running."""
@@ -495,6 +494,7 @@ def test_qemu_says_why_a_runner_port_disconnected_and_the_users_log_leaves_it_ou
             time.sleep(0.05)
         assert machine.chardev_said() == "chardev socket recv end-of-file (mt_port)"
         assert "chr_socket" not in machine.log_text()
+
 
 # ----------------------------------------------------------------- security
 

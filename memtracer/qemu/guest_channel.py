@@ -137,25 +137,26 @@ class GuestChannel:
 
     def _read_frames(self):
         parser = FrameParser()
+        ended = "QEMU closed the connection"   # its end of stream, or a reset (our frames unread)
         try:
             while True:
                 data = self.sock.recv(1 << 16)
                 if not data:
-                    self.how_it_closed = self.how_it_closed or "QEMU closed the connection"
                     break
                 for kind, payload, crc_ok in parser.feed(data):
                     self._dispatch(kind, payload, crc_ok)
                 if parser.noise:
                     log.debug("guest %s: %s", self.name, parser.noise.decode(errors="replace").rstrip())
                     parser.noise.clear()
-        except ConnectionResetError:   # closed while what we had sent was still unread
-            self.how_it_closed = self.how_it_closed or "QEMU closed the connection"
+        except ConnectionResetError:
+            pass
         except OSError as error:
-            self.how_it_closed = self.how_it_closed or f"its reader stopped: {error}"
+            ended = f"its reader stopped: {error}"
         except Exception as error:
-            self.how_it_closed = f"its reader stopped: {error!r}"
+            ended = f"its reader stopped: {error!r}"
             raise
         finally:
+            self.how_it_closed = self.how_it_closed or ended   # close() says it first when it was us
             log.debug("guest %s: closed (%s)", self.name, self.how_it_closed)
             self.closed.set()
             self.answers.put((None, b""))

@@ -156,8 +156,9 @@ def qemu_for(qemu_binary, graphic):
 # QEMU's own account of a socket chardev that disconnects (the end of its stream, a read or a write
 # error): trace events that fire only then, printed into its log. A runner port that closes under
 # a running QEMU is told with it (QemuMachine.chardev_said); the log shown to the user leaves them out.
-CHARDEV_TRACE_EVENTS = "chr_socket_*"
-CHARDEV_TRACE_LINE = re.compile(r"^chr_socket_\w+ (?P<said>.*)$")
+CHARDEV_TRACE_PREFIX = "chr_socket_"
+CHARDEV_TRACE_EVENTS = CHARDEV_TRACE_PREFIX + "*"
+CHARDEV_TRACE_LINE = re.compile(rf"^{CHARDEV_TRACE_PREFIX}\w+ (?P<said>.*)$")
 
 
 def _socket_chardev(name, path):
