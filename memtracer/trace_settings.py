@@ -56,7 +56,7 @@ class TraceSettings:
         False, "Copy the records into the shared-memory ring from each vCPU's buffer, instead of "
                "writing them in place in the ring (one vCPU only; for comparison).")
     far_reader_ns: int = setting(
-        110, "A lone vCPU writes its records in place in the shared-memory ring while the reader's CPU "
+        100, "A lone vCPU writes its records in place in the shared-memory ring while the reader's CPU "
              "is near its own, and copies them in past its caches while the reader is farther than this: "
              "the time in ns that the ring's tail takes to come from the reader's cache, measured as the "
              "run goes (0: in place however far).")

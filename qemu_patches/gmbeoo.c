@@ -130,7 +130,7 @@ typedef struct {
 
 static qemu_plugin_id_t plugin_id;
 static Config config = { .enabled = true, .record_words = FORMAT_STANDARD,
-                         .buffer_records = DEFAULT_BUFFER_RECORDS, .far_reader_ns = 110 };
+                         .buffer_records = DEFAULT_BUFFER_RECORDS, .far_reader_ns = 100 };
 
 /* What decides whether records are written: see update_tracing(). */
 static bool window_open;               /* the host's trace window (enable .. disable) */
